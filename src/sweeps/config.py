@@ -1,0 +1,75 @@
+"""Checks on a composed config that Hydra itself cannot make.
+
+Each failure is one paragraph naming the key, the value and the fix, raised
+before a model is built or any data is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweeps.errors import ConfigError
+
+# Final metrics a run can return to a sweeper (``objective``).
+OBJECTIVES = ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "train_acc", "n_params", "epochs_run")
+
+
+def _number(cfg: DictConfig, key: str, kind: type) -> Any:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key}={value!r} is not {noun}; write e.g. {key}={kind(3)}.") from None
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    epochs = _number(cfg, "trainer.epochs", int)
+    _require(epochs is not None and epochs >= 1, f"trainer.epochs={epochs} must be at least 1; e.g. trainer.epochs=30.")
+    for key in ("trainer.batch_size", "trainer.eval_batch_size"):
+        bs = _number(cfg, key, int)
+        _require(bs is not None and bs >= 1, f"{key}={bs} must be a positive integer; e.g. {key}=128.")
+    patience = _number(cfg, "trainer.patience", int)
+    _require(patience is None or patience >= 1, f"trainer.patience={patience} must be >= 1, or null to disable early stopping.")
+    for key in ("optim.lr", "schedule.scheduler.max_lr"):
+        if OmegaConf.select(cfg, key) is not None:
+            lr = _number(cfg, key, float)
+            _require(lr > 0, f"{key}={lr} must be positive; the seeds use values like 0.1, 0.01 or 0.001.")
+    wd = _number(cfg, "optim.weight_decay", float)
+    _require(wd is None or wd >= 0, f"optim.weight_decay={wd} must be >= 0, e.g. optim.weight_decay=5e-4.")
+    for key in ("dataset.val_fraction", "dataset.test_fraction"):
+        frac = _number(cfg, key, float)
+        _require(frac is None or 0 < frac < 1, f"{key}={frac} must lie strictly between 0 and 1; the seeds hold out 0.1 (45k/5k on CIFAR-10).")
+    dropout = _number(cfg, "model.dropout", float)
+    _require(dropout is None or 0 <= dropout < 1, f"model.dropout={dropout} must lie in [0, 1); e.g. model.dropout=0.2.")
+    smoothing = _number(cfg, "trainer.label_smoothing", float)
+    _require(smoothing is None or 0 <= smoothing < 1, f"trainer.label_smoothing={smoothing} must lie in [0, 1).")
+    max_params = _number(cfg, "budget.max_params", int)
+    _require(max_params is None or max_params >= 1, f"budget.max_params={max_params} must be positive, or null to disable the budget.")
+    objectives = cfg.objective if isinstance(cfg.objective, ListConfig) else [cfg.objective]
+    for name in objectives:
+        _require(name in OBJECTIVES, f"objective={name!r} is not a metric a run reports; use one of {list(OBJECTIVES)}.")
+
+
+def flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs; lists stay whole, as the seeds write them."""
+    if isinstance(node, DictConfig):
+        for key in node:
+            value = node._get_node(key)._value() if OmegaConf.is_missing(node, key) else node[key]
+            yield from flatten(value, f"{prefix}{key}.")
+    elif isinstance(node, ListConfig):
+        yield prefix[:-1], OmegaConf.to_container(node, resolve=True)
+    else:
+        yield prefix[:-1], node

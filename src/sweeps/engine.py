@@ -1,0 +1,239 @@
+"""The training loop: train, validate each epoch, keep the best, test with it.
+
+Metrics are accumulated on the device and read once per epoch, so the step
+itself never waits on the host (except for the divergence check on the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from tqdm.auto import tqdm
+
+from sweeps.errors import ConfigError
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_time: float
+    images_per_s: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = float("nan")
+    best_val_loss: float = float("nan")
+    train_acc_at_best: float = float("nan")
+    stopped_early: bool = False
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def select_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={spec!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={spec!r} but CUDA is not available here; use trainer.device=auto or cpu.")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision not in choices:
+        raise ConfigError(f"trainer.precision={precision!r} is not one of auto, fp32, bf16, fp16.")
+    return choices[precision]
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return instantiate(cfg.optim)(model.parameters())
+
+
+def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int):
+    if cfg.schedule.get("scheduler") is None:
+        return None
+    factory = instantiate(cfg.schedule.scheduler)
+    if cfg.schedule.interval == "step" and "epochs" in cfg.schedule.scheduler:
+        return factory(optimizer, steps_per_epoch=steps_per_epoch)
+    return factory(optimizer)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, device, amp_dtype, tta_flip: bool = False, keep_preds: bool = False):
+    """(mean loss, accuracy, predictions or None) over ``batches``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n, preds = 0, []
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            logits = model(x)
+            if tta_flip:
+                logits = (logits + model(x.flip(-1))) / 2
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
+        n += len(y)
+        if keep_preds:
+            preds.append(pred.cpu())
+    if n == 0:
+        return float("nan"), float("nan"), None
+    return loss_sum.item() / n, correct.item() / n, (torch.cat(preds) if keep_preds else None)
+
+
+def _autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def fit(
+    cfg: DictConfig,
+    model: nn.Module,
+    train_batches: Callable[[int], Iterable],
+    steps_per_epoch: int,
+    val_batches: Callable[[], Iterable],
+    device: torch.device,
+    on_epoch_end: Callable[[EpochMetrics, FitResult], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    loader_generator: torch.Generator | None = None,
+) -> tuple[FitResult, dict]:
+    """Train for ``trainer.epochs``; returns the result and the best state dict."""
+    t = cfg.trainer
+    amp_dtype = autocast_dtype(t.precision, device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    per_step = cfg.schedule.interval == "step"
+    monitor = cfg.schedule.get("monitor", "val_loss")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
+    check_every = 1 if device.type == "cpu" else 50
+
+    result, best_state, start_epoch, since_best = FitResult(), None, 0, 0
+    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if t.resume and last_path is not None and last_path.exists():
+        ckpt = torch.load(last_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+        if loader_generator is not None:
+            loader_generator.set_state(ckpt["loader_rng"])
+        if torch.cuda.is_available() and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        result.history = [EpochMetrics(**m) for m in ckpt["history"]]
+        for key in ("best_epoch", "best_val_acc", "best_val_loss", "train_acc_at_best"):
+            setattr(result, key, ckpt[key])
+        best_state, since_best, start_epoch = ckpt["best_state"], ckpt["since_best"], len(result.history)
+
+    for epoch in range(start_epoch, int(t.epochs)):
+        model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        bar = tqdm(train_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   disable=not t.progress, leave=False, dynamic_ncols=True)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, amp_dtype):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            if step % check_every == 0 and not torch.isfinite(loss):
+                raise Diverged(f"diverged at epoch {epoch + 1} step {step + 1}: the training loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), float(t.grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None and per_step:
+                scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise Diverged(f"diverged at epoch {epoch + 1}: the mean training loss is {train_loss}")
+        val_loss, val_acc, _ = evaluate(model, val_batches(), device, amp_dtype, t.tta_flip)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None and not per_step:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss if monitor == "val_loss" else val_acc)
+            else:
+                scheduler.step()
+        elapsed = time.perf_counter() - start
+        metrics = EpochMetrics(epoch + 1, train_loss, correct.item() / max(seen, 1), val_loss, val_acc,
+                               lr, elapsed, seen / elapsed)
+        result.history.append(metrics)
+        if val_acc > result.best_val_acc or math.isnan(result.best_val_acc):
+            result.best_epoch, result.best_val_acc, result.best_val_loss = epoch + 1, val_acc, val_loss
+            result.train_acc_at_best = metrics.train_acc
+            best_state = copy.deepcopy(model.state_dict())
+            since_best = 0
+        else:
+            since_best += 1
+        if last_path is not None:
+            _save_last(last_path, model, optimizer, scheduler, scaler, loader_generator, result, best_state, since_best)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics, result)
+        if t.patience is not None and since_best >= int(t.patience):
+            result.stopped_early = True
+            break
+    return result, best_state
+
+
+def _save_last(path: Path, model, optimizer, scheduler, scaler, loader_generator, result: FitResult, best_state, since_best):
+    """Everything a preempted run needs to continue as if never stopped."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "loader_rng": loader_generator.get_state() if loader_generator is not None else None,
+        "history": [vars(m) for m in result.history],
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val_acc,
+        "best_val_loss": result.best_val_loss,
+        "train_acc_at_best": result.train_acc_at_best,
+        "best_state": best_state,
+        "since_best": since_best,
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write never leaves a torn checkpoint
