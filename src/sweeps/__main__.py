@@ -1,0 +1,3 @@
+from sweeps.train import main
+
+main()

@@ -1,0 +1,176 @@
+"""MLflow bookkeeping for a run: store location, params, metrics, artifacts, status.
+
+Every run ends in a terminal status (FINISHED, FAILED or KILLED) whatever
+happens inside it, so the UI never shows a ghost RUNNING run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.config import flatten
+
+# Config nodes that describe where things are written rather than the model
+# being trained; they are not logged as params.
+_NOT_PARAMS = ("paths", "trial", "tracking", "hydra")
+TAG_STATE = "sweeps.state"
+TAG_REASON = "sweeps.reason"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """``tracking.uri``, else MLFLOW_TRACKING_URI, else SQLite in <root>/mlruns."""
+    if cfg.tracking.get("uri"):
+        return str(cfg.tracking.uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    mlruns = Path(cfg.paths.mlruns).resolve()
+    mlruns.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{mlruns / 'mlflow.db'}"
+
+
+def artifact_location(cfg: DictConfig, experiment: str) -> str | None:
+    """Artifacts beside the default SQLite store; a server keeps its own."""
+    if not tracking_uri(cfg).startswith("sqlite:///") or cfg.tracking.get("uri"):
+        return None
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (Path(cfg.paths.mlruns).resolve() / "artifacts" / safe).as_uri()
+
+
+def experiment_id(cfg: DictConfig, name: str | None = None) -> str:
+    """Get or create the experiment (safe when several trials race to create it)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = name or str(cfg.tracking.experiment)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(cfg, name))
+    except MlflowException:
+        found = client.get_experiment_by_name(name)  # another process created it first
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def config_params(cfg: DictConfig) -> dict[str, Any]:
+    params = {}
+    for key in cfg:
+        if key in _NOT_PARAMS:
+            continue
+        for name, value in flatten(cfg[key], f"{key}."):
+            params[name] = value
+    return params
+
+
+class RunRecorder:
+    """One MLflow run around a training; a no-op when tracking is disabled."""
+
+    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str] | None = None):
+        self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags or {})
+        self.enabled = bool(cfg.tracking.enabled)
+        self.run_id: str | None = None
+
+    def __enter__(self) -> RunRecorder:
+        if not self.enabled:
+            return self
+        import mlflow
+
+        exp = experiment_id(self.cfg)
+        parent = self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None
+        run = mlflow.start_run(
+            experiment_id=exp,
+            run_name=self.run_name,
+            tags=self.tags,
+            parent_run_id=parent or None,
+            log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)),
+        )
+        self.run_id = run.info.run_id
+        mlflow.log_params({k: _param(v) for k, v in config_params(self.cfg).items()})
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.enabled:
+            return False
+        import mlflow
+
+        if exc_type is None:
+            mlflow.set_tag(TAG_STATE, self.tags.get(TAG_STATE, "COMPLETE"))
+            mlflow.end_run("FINISHED")
+            return False
+        status, state = outcome(exc)
+        mlflow.set_tags({TAG_STATE: state, TAG_REASON: _reason(exc)[:5000]})
+        if state == "FAIL":
+            mlflow.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "traceback.txt")
+        mlflow.end_run(status)
+        return False
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_metrics(metrics, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled and path.exists():
+            import mlflow
+
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path)
+
+
+def outcome(exc: BaseException) -> tuple[str, str]:
+    """(MLflow status, trial state) for a run that ended with ``exc``."""
+    import optuna
+
+    if isinstance(exc, optuna.TrialPruned):
+        return "FINISHED", "PRUNED"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "Interrupted":
+        return "KILLED", "INTERRUPTED"
+    return "FAILED", "FAIL"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ValueError) or type(exc).__name__ in ("Diverged", "TrialPruned") else f"{type(exc).__name__}: {text}"
+
+
+def _param(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def log_config_artifacts(recorder: RunRecorder, output_dir: Path) -> None:
+    recorder.log_artifacts(output_dir / ".hydra", "hydra")
+
+
+def overrides_run_name(overrides: list[str]) -> str:
+    """A run name that says what the command line changed, e.g. optim=sgd,optim.lr=0.01."""
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(("trial.", "hydra.", "tracking.", "paths."))]
+    return ",".join(shown) or "defaults"
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml({k: cfg[k] for k in cfg if k not in ("hydra",)}, resolve=True)

@@ -1,0 +1,152 @@
+"""``python -m sweeps.train``: train, validate, test, record, return the objective.
+
+The model is built and counted first, so a configuration over the parameter
+budget is refused before any data is loaded or any compute is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig
+
+from sweeps.config import validate
+from sweeps.data import load_splits
+from sweeps.data.augment import eval_transform, train_transform
+from sweeps.data.loaders import eval_batches, train_loader
+from sweeps.engine import evaluate, fit, select_device, autocast_dtype
+from sweeps.errors import ConfigError
+from sweeps.models import build_model, check_budget, count_parameters
+from sweeps.paths import CONF_DIR
+from sweeps.tracking import TAG_STATE, RunRecorder, log_config_artifacts, overrides_run_name
+from sweeps.trial_link import pruning_callback
+
+log = logging.getLogger("sweeps.train")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (e.g. SLURM preemption), handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted(f"received signal {signum}")
+
+
+def model_size(cfg: DictConfig) -> int:
+    """Parameter count of ``cfg.model`` for ``cfg.dataset``, without allocating it."""
+    return count_parameters(build_model(cfg, for_counting=True))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    validate(cfg)
+    n_params = model_size(cfg)
+    check_budget(n_params, cfg)
+    started = time.perf_counter()
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    tags = {}
+    if cfg.trial.get("number") is not None:
+        tags = {"sweeps.study": str(cfg.trial.study), "sweeps.trial": str(cfg.trial.number)}
+    run_name = cfg.tracking.get("run_name") or overrides_run_name(list(hc.overrides.task))
+
+    with RunRecorder(cfg, run_name, tags) as rec:
+        rec.log_params({"n_params": n_params})
+        log_config_artifacts(rec, out_dir)
+        torch.manual_seed(int(cfg.seed))
+        device = select_device(str(cfg.trainer.device))
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        splits = load_splits(cfg.dataset)
+        model = build_model(cfg).to(device)
+        t = cfg.trainer
+        train_tf, eval_tf = train_transform(cfg.augment, cfg.dataset), eval_transform(cfg.augment, cfg.dataset)
+        generator = torch.Generator().manual_seed(int(cfg.seed))
+        loader = train_loader(splits.train, train_tf, int(t.batch_size), int(cfg.seed), int(t.num_workers))
+        loader.generator = generator
+        steps = len(loader) if t.limit_train_batches is None else min(len(loader), int(t.limit_train_batches))
+
+        def train_batches(epoch):
+            for step, batch in enumerate(loader):
+                if step >= steps:
+                    break
+                yield batch
+
+        def val_batches():
+            return eval_batches(splits.val, eval_tf, int(t.eval_batch_size), t.limit_eval_batches)
+
+        prune = pruning_callback(cfg)
+
+        def on_epoch_end(m, result):
+            rec.log_metrics({k: v for k, v in vars(m).items() if k != "epoch"}, step=m.epoch)
+            log.info(f"epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_acc:.4f} | "
+                     f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f} | lr {m.lr:.3g} | {m.epoch_time:.1f}s")
+            if prune is not None:
+                prune(m, result)
+
+        result, best_state = fit(cfg, model, train_batches, steps, val_batches, device, on_epoch_end,
+                                 checkpoint_dir=out_dir, loader_generator=generator)
+        model.load_state_dict(best_state)
+        amp = autocast_dtype(str(t.precision), device)
+        test_loss, test_acc, _ = evaluate(
+            model, eval_batches(splits.test, eval_tf, int(t.eval_batch_size), t.limit_eval_batches),
+            device, amp, bool(t.tta_flip))
+        final = {
+            "best_val_acc": result.best_val_acc,
+            "best_val_loss": result.best_val_loss,
+            "train_acc": result.train_acc_at_best,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "n_params": float(n_params),
+            "epochs_run": float(result.epochs_run),
+            "best_epoch": float(result.best_epoch),
+            "wall_time_s": time.perf_counter() - started,
+        }
+        rec.log_metrics(final)
+        rec.set_tags({TAG_STATE: "COMPLETE"})
+        best_path = out_dir / "best.pt"
+        torch.save(best_state, best_path)
+        if cfg.tracking.get("log_model"):
+            rec.log_artifacts(best_path, "checkpoints")
+    log.info(
+        f"done: {n_params:,} params | {result.epochs_run} epochs (best {result.best_epoch}) | "
+        f"best val acc {result.best_val_acc:.4f} | test acc {test_acc:.4f} | "
+        f"{final['wall_time_s']:.1f}s" + (f" | MLflow run {rec.run_id}" if rec.run_id else "")
+    )
+    return final
+
+
+def objective_value(cfg: DictConfig, final: dict[str, float]) -> float | list[float]:
+    if isinstance(cfg.objective, ListConfig):
+        return [float(final[name]) for name in cfg.objective]
+    return float(final[str(cfg.objective)])
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | list[float]:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return objective_value(cfg, train(cfg))
+    except ConfigError as e:
+        if multirun:
+            raise  # the sweeper records the trial as failed (or refused) and goes on
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if multirun:
+            raise
+        print("interrupted: the run is recorded as KILLED in MLflow; re-run the same command "
+              "with trainer.resume=true and hydra.run.dir=<its output dir> to continue it.", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
