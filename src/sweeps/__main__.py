@@ -1,3 +1,3 @@
-from sweeps.train import main
+from sweeps.train import cli
 
-main()
+cli()

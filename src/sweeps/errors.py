@@ -36,5 +36,6 @@ class DataUnavailable(ConfigError):
 
 def close_matches(word: str, choices: Iterable[str]) -> str:
     """A ' Did you mean X?' suffix, or '' when nothing is close."""
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{found[0]}'?" if found else ""
+    by_lower = {c.lower(): c for c in choices}
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" Did you mean '{by_lower[found[0]]}'?" if found else ""

@@ -95,9 +95,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                  checkpoint_dir=out_dir, loader_generator=generator)
         model.load_state_dict(best_state)
         amp = autocast_dtype(str(t.precision), device)
-        test_loss, test_acc, _ = evaluate(
+        test_loss, test_acc, test_preds = evaluate(
             model, eval_batches(splits.test, eval_tf, int(t.eval_batch_size), t.limit_eval_batches),
-            device, amp, bool(t.tta_flip))
+            device, amp, bool(t.tta_flip), keep_preds=True)
         final = {
             "best_val_acc": result.best_val_acc,
             "best_val_loss": result.best_val_loss,
@@ -115,6 +115,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.save(best_state, best_path)
         if cfg.tracking.get("log_model"):
             rec.log_artifacts(best_path, "checkpoints")
+        # --- figures (sweeps.plots): learning curves + test confusion matrix, as run artifacts ---
+        if rec.enabled and cfg.tracking.get("log_figures", True):
+            from sweeps.plots import run_figures
+
+            rec.log_artifacts(run_figures(result.history, splits.test.labels, test_preds,
+                                          int(cfg.dataset.num_classes), out_dir / "figures", run_name), "figures")
+        # --- end figures ---
     log.info(
         f"done: {n_params:,} params | {result.epochs_run} epochs (best {result.best_epoch}) | "
         f"best val acc {result.best_val_acc:.4f} | test acc {test_acc:.4f} | "
@@ -148,5 +155,13 @@ def main(cfg: DictConfig) -> float | list[float]:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Check the overrides' names first, then hand over to Hydra."""
+    from sweeps.overrides import check_or_exit
+
+    check_or_exit()
     main()
+
+
+if __name__ == "__main__":
+    cli()

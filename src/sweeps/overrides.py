@@ -1,0 +1,99 @@
+"""Command-line overrides checked before Hydra runs.
+
+Hydra's own message for a misspelled key tells the user to *append* it with
+``+``, which silently trains with the default instead. Checking key names and
+group options against the config tree first lets us name the close match.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.errors import ConfigError, close_matches
+from sweeps.paths import CONF_DIR
+
+
+def group_options(group: str) -> list[str]:
+    folder = Path(CONF_DIR) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            child = node._get_node(k)
+            keys.append(f"{prefix}{k}")
+            if isinstance(child, DictConfig):
+                keys += _leaf_keys(child, f"{prefix}{k}.")
+    return keys
+
+
+def _first_value(override) -> str | None:
+    if override.is_sweep_override():
+        values = list(override.sweep_iterator()) if override.is_discrete_sweep() else []
+        return str(values[0]) if values else None
+    value = override.value()
+    return None if value is None else str(value)
+
+
+def check(argv: Sequence[str], config_name: str = "train") -> list[str]:
+    """Raise ConfigError for an unknown group option or config key; return the overrides."""
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException as e:
+        raise ConfigError(f"could not parse the command line: {e}") from None
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    choices, keys = [], []
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete() or o.is_add() or o.is_force_add():
+            continue
+        if key in groups:
+            options = group_options(key)
+            value = _first_value(o)
+            if value is not None and value != "null" and value not in options:
+                raise ConfigError(
+                    f"{key}={value} is not an option of the '{key}' config group.{close_matches(value, options)} "
+                    f"The options are: {', '.join(options)} (files in conf/{key}/)."
+                )
+            if value is not None:
+                choices.append(f"{key}={value}")
+        elif o.is_sweep_override() and not o.is_discrete_sweep():
+            keys.append(key)  # interval()/range() search params: check the key only
+        else:
+            keys.append(key)
+    if keys:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            try:
+                cfg = compose(config_name, overrides=choices)
+            except HydraException as e:
+                raise ConfigError(str(e)) from None
+        known = _leaf_keys(cfg)
+        for key in keys:
+            if OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is _MISSING and key not in known:
+                raise ConfigError(
+                    f"'{key}' is not a key of the composed config.{close_matches(key, known)} "
+                    f"Check the spelling against `python -m sweeps.train --cfg job`; to add a new key on "
+                    f"purpose, write +{key}=..."
+                )
+    return args
+
+
+_MISSING = object()
+
+
+def check_or_exit(argv: Sequence[str] | None = None) -> None:
+    try:
+        check(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
