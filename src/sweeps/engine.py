@@ -147,11 +147,12 @@ def fit(
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
+        # RNG states must be CPU ByteTensors; map_location=device moved them (CUDA resume).
+        torch.set_rng_state(ckpt["rng"].cpu())
         if loader_generator is not None:
-            loader_generator.set_state(ckpt["loader_rng"])
+            loader_generator.set_state(ckpt["loader_rng"].cpu())
         if torch.cuda.is_available() and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
         result.history = [EpochMetrics(**m) for m in ckpt["history"]]
         for key in ("best_epoch", "best_val_acc", "best_val_loss", "train_acc_at_best"):
             setattr(result, key, ckpt[key])

@@ -20,8 +20,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sweeps.config import validate
 from sweeps.data import load_splits
-from sweeps.data.augment import eval_transform, train_transform
-from sweeps.data.loaders import eval_batches, train_loader
+from sweeps.data.device_loader import build_pipeline, prepare_model, select_pipeline
 from sweeps.engine import evaluate, fit, select_device, autocast_dtype
 from sweeps.errors import ConfigError
 from sweeps.models import build_model, check_budget, count_parameters
@@ -64,13 +63,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         device = select_device(str(cfg.trainer.device))
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        # --- data pipeline (trainer.pipeline: sweeps.data.device_loader) ---
+        pipeline = select_pipeline(cfg, device)  # a ConfigError here comes before any data is read
         splits = load_splits(cfg.dataset)
-        model = build_model(cfg).to(device)
+        model = prepare_model(build_model(cfg).to(device), cfg, device)
         t = cfg.trainer
-        train_tf, eval_tf = train_transform(cfg.augment, cfg.dataset), eval_transform(cfg.augment, cfg.dataset)
-        generator = torch.Generator().manual_seed(int(cfg.seed))
-        loader = train_loader(splits.train, train_tf, int(t.batch_size), int(cfg.seed), int(t.num_workers))
-        loader.generator = generator
+        pipe = build_pipeline(cfg, splits, device, pipeline)
+        loader, generator = pipe.train, pipe.generator
+        # --- end data pipeline ---
         steps = len(loader) if t.limit_train_batches is None else min(len(loader), int(t.limit_train_batches))
 
         def train_batches(epoch):
@@ -80,7 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 yield batch
 
         def val_batches():
-            return eval_batches(splits.val, eval_tf, int(t.eval_batch_size), t.limit_eval_batches)
+            return pipe.val_batches()
 
         prune = pruning_callback(cfg)
 
@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.load_state_dict(best_state)
         amp = autocast_dtype(str(t.precision), device)
         test_loss, test_acc, test_preds = evaluate(
-            model, eval_batches(splits.test, eval_tf, int(t.eval_batch_size), t.limit_eval_batches),
+            model, pipe.test_batches(),
             device, amp, bool(t.tta_flip), keep_preds=True)
         final = {
             "best_val_acc": result.best_val_acc,

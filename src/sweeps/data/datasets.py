@@ -1,0 +1,125 @@
+"""Datasets as uint8 image tensors (N, C, H, W) with int64 labels.
+
+Keeping every split as one uint8 tensor (as airbench does) makes a dataset
+cheap to hold in memory or on the GPU, and lets the same splits feed both the
+per-sample torchvision pipeline and batched augmentation.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from sweeps.errors import ConfigError, DataUnavailable
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+
+def _split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A fixed, seeded (rest, held-out) partition of ``split``."""
+    n = len(split)
+    n_out = int(round(n * fraction))
+    if n_out < 1 or n_out >= n:
+        raise ConfigError(
+            f"a fraction of {fraction} of {n} images leaves an empty split; choose a "
+            "fraction that keeps at least one image on each side."
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    keep, out = perm[n_out:].sort().values, perm[:n_out].sort().values
+    return (
+        Split(split.images[keep], split.labels[keep]),
+        Split(split.images[out], split.labels[out]),
+    )
+
+
+def _cifar(cfg: DictConfig) -> tuple[Split, Split]:
+    from torchvision import datasets
+
+    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[cfg.name]
+    root = Path(cfg.root)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # fail fast without a network instead of hanging
+    try:
+        parts = [cls(str(root), train=train, download=bool(cfg.download)) for train in (True, False)]
+    except (OSError, RuntimeError) as e:
+        raise DataUnavailable(
+            f"{cfg.name} is not in {root} and could not be downloaded ({type(e).__name__}: {e}). "
+            f"Put torchvision's '{cls.base_folder}' folder under {root} (or set "
+            f"dataset.root=/path/to/dir with dataset.download=true on a machine with network "
+            "access), or train offline on scikit-learn's digits with dataset=digits."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return tuple(
+        Split(
+            torch.from_numpy(p.data).permute(0, 3, 1, 2).contiguous(),
+            torch.tensor(p.targets, dtype=torch.int64),
+        )
+        for p in parts
+    )
+
+
+def _digits(cfg: DictConfig) -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
+    size = int(cfg.image_size)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    if cfg.channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    full = Split(images, torch.from_numpy(digits.target).to(torch.int64))
+    # A fixed test split, independent of split_seed, so that test accuracy is
+    # comparable across every run on digits.
+    return _split_off(full, float(cfg.test_fraction), 12345)
+
+
+def _fake(cfg: DictConfig) -> tuple[Split, Split]:
+    gen = torch.Generator().manual_seed(int(cfg.split_seed))
+    shape = (int(cfg.channels), int(cfg.image_size), int(cfg.image_size))
+    colours = torch.rand(int(cfg.num_classes), shape[0], 1, 1, generator=gen) * 160 + 48
+
+    def make(n: int) -> Split:
+        labels = torch.randint(0, int(cfg.num_classes), (n,), generator=gen)
+        noise = torch.randn(n, *shape, generator=gen) * 40
+        return Split((colours[labels] + noise).clamp(0, 255).to(torch.uint8), labels)
+
+    return make(int(cfg.train_size)), make(int(cfg.test_size))
+
+
+_LOADERS = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "fake": _fake}
+
+
+def load_splits(cfg: DictConfig) -> Splits:
+    """Train/validation/test splits for the ``dataset`` config node."""
+    if cfg.name not in _LOADERS:
+        raise ConfigError(
+            f"dataset.name={cfg.name!r} is not a known dataset; use one of {sorted(_LOADERS)}."
+        )
+    # Decoded once per content (in this process and on disk): see sweeps.data.cache.
+    from sweeps.data.cache import cached_decode
+
+    train, test = cached_decode(cfg, lambda: _LOADERS[cfg.name](cfg))
+    train, val = _split_off(train, float(cfg.val_fraction), int(cfg.split_seed))
+    return Splits(train, val, test)
