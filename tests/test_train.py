@@ -1,0 +1,93 @@
+"""The train entrypoint through real subprocesses and a real MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY, mlflow_runs, run_module
+
+
+@pytest.mark.slow
+def test_resnet18_trunc_trains_on_digits_and_is_recorded(project):
+    """The issue's acceptance command, verbatim (about 75 s on 2 cores)."""
+    proc = run_module("sweeps.train", ["dataset=digits", "model=resnet18_trunc", "optim=adamw", "trainer.epochs=3",
+                                       "trainer.progress=false"], project, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4,779,530 params" in proc.stdout + proc.stderr
+    (run,) = mlflow_runs(project)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["n_params"] == "4779530"
+    assert run.data.params["model.blocks"] == "[3, 4, 4, 3]"
+    assert run.data.metrics["test_acc"] > 0.3, "well above chance (0.1) on 10 digit classes"
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2, 3]
+    for name in ("train_loss", "train_acc", "val_loss", "lr"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 3
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"hydra", "checkpoints"} <= artifacts
+    assert (project / "mlruns" / "artifacts").is_dir(), "artifacts live under mlruns/, absolute"
+
+
+def test_tiny_run_returns_objective_and_summary(project):
+    proc = run_module("sweeps.train", TINY + ["tracking.experiment=tiny"], project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "best val acc" in out and "test acc" in out
+    (run,) = mlflow_runs(project, "tiny")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["sweeps.state"] == "COMPLETE"
+    assert run.info.run_name.startswith("dataset=digits,model.channels=[8,16]")
+    assert list((project / "outputs").glob("*/*/best.pt")), "best checkpoint kept in the run dir"
+
+
+def test_summary_prints_exact_count_last():
+    proc = run_module("sweeps.summary", ["model=resnet18_trunc"], cwd=None)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "params: 4779530"
+    assert lines[-2].startswith("budget: fits")
+    assert any("layers.0.0.conv1" in line and "Conv2d" in line for line in lines)
+
+
+BAD_INPUTS = [
+    (["model=resnet19"], ["model=resnet19", "resnet18_trunc"]),
+    (["optim=adamW"], ["optim=adamW", "Did you mean 'adamw'"]),
+    (["trainer.epoch=3"], ["trainer.epoch", "Did you mean 'trainer.epochs'"]),
+    (["trainer.epochs=ten"], ["trainer.epochs='ten'", "integer"]),
+    (["trainer.epochs=0"], ["trainer.epochs=0", "at least 1"]),
+    (["trainer.batch_size=0"], ["trainer.batch_size=0", "positive"]),
+    (["optim.lr=-0.1"], ["optim.lr=-0.1", "positive"]),
+    (["optim.lr=0"], ["optim.lr=0", "positive"]),
+    (["dataset.val_fraction=1.5"], ["dataset.val_fraction=1.5", "between 0 and 1"]),
+    (["dataset.val_fraction=0"], ["dataset.val_fraction=0", "between 0 and 1"]),
+    (["model.dropout=1.0"], ["model.dropout=1.0", "[0, 1)"]),
+    (["budget.max_params=100000"], ["4,779,530 parameters", "budget.max_params=4779530", "null"]),
+    (["model.channels=[32,64]", "model.blocks=[1,1,1]"], ["model.blocks", "model.channels"]),
+    (["model.kernel_sizes=4"], ["kernel", "4", "odd"]),
+    (["model.pool=16"], ["model.pool=16", "between 1 and 4"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_paragraph(project, args, expected):
+    proc = run_module("sweeps.train", ["dataset=digits", *args], project)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    for fragment in expected:
+        assert fragment in message, message
+    assert all(r.info.status != "RUNNING" for r in mlflow_runs(project))
+
+
+def test_cifar10_without_data_or_network_names_path_and_digits(project):
+    proc = run_module("sweeps.train", TINY + ["dataset=cifar10"], project, timeout=200)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert str(project / "data") in message and "dataset=digits" in message
+    runs = mlflow_runs(project)
+    assert runs and all(r.info.status == "FAILED" for r in runs), "the attempt is recorded, not left RUNNING"
