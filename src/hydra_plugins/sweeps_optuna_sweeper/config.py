@@ -1,0 +1,217 @@
+"""Structured configs: ``hydra/sweeper=sweeps_optuna`` and its sampler and pruner groups.
+
+The sweeper accepts the stock ``hydra/sweeper=optuna`` settings unchanged
+(``sampler``, ``direction``, ``storage``, ``study_name``, ``n_trials``,
+``n_jobs``, ``max_failure_rate``, ``search_space``, ``params``,
+``custom_search_space``) and adds ``pruner`` and ``heartbeat_interval``.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+PROVIDER = "sweeps"
+
+
+class DistributionType(Enum):
+    int = 1
+    float = 2
+    categorical = 3
+
+
+class Direction(Enum):
+    minimize = 1
+    maximize = 2
+
+
+@dataclass
+class SamplerConfig:
+    """Keys left null are not passed: the sampler's own default applies."""
+
+    _target_: str = MISSING
+    seed: Optional[int] = None
+
+
+@dataclass
+class TPESamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.TPESampler"
+    # Stock keys deprecated by Optuna 4.3-4.9: accepted; null (not passed) by default.
+    consider_prior: Optional[bool] = None
+    prior_weight: Optional[float] = None
+    consider_magic_clip: Optional[bool] = None
+    consider_endpoints: Optional[bool] = None
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    group: bool = False
+    warn_independent_sampling: Optional[bool] = None
+    constant_liar: bool = False
+
+
+@dataclass
+class RandomSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.RandomSampler"
+
+
+@dataclass
+class CmaEsSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    x0: Optional[Dict[str, Any]] = None
+    sigma0: Optional[float] = None
+    n_startup_trials: int = 1
+    independent_sampler: Optional[Any] = None
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: Optional[Any] = None
+    popsize: Optional[int] = None
+    inc_popsize: int = -1
+    use_separable_cma: bool = False
+    source_trials: Optional[Any] = None
+
+
+@dataclass
+class NSGAIISamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 50
+    mutation_prob: Optional[float] = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    constraints_func: Optional[Any] = None
+
+
+@dataclass
+class GridSamplerConfig(SamplerConfig):
+    """The search space comes from ``params``; ``search_space`` here is left null."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    search_space: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class QMCSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.QMCSampler"
+    qmc_type: str = "sobol"
+    scramble: bool = False
+    independent_sampler: Optional[Any] = None
+    warn_asynchronous_seeding: bool = True
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class GPSamplerConfig(SamplerConfig):
+    _target_: str = "optuna.samplers.GPSampler"
+    independent_sampler: Optional[Any] = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+
+
+@dataclass
+class PrunerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class NopPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class DistributionConfig:
+    """Deprecated ``search_space`` entries (stock plugin compatibility)."""
+
+    type: DistributionType
+    choices: Optional[List[Any]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+
+
+defaults = [{"sampler": "tpe"}, {"pruner": "none"}]
+
+
+@dataclass
+class SweepsOptunaSweeperConf:
+    _target_: str = "hydra_plugins.sweeps_optuna_sweeper.optuna_sweeper.SweepsOptunaSweeper"
+    # The sweeper builds sampler and pruner itself (it adds the grid and the
+    # parameter-budget constraint to the sampler).
+    _recursive_: bool = False
+    defaults: List[Any] = field(default_factory=lambda: defaults)
+
+    # https://optuna.readthedocs.io/en/stable/reference/samplers/index.html
+    sampler: Any = MISSING
+    # minimize / maximize, or a list of them for a multi-objective study.
+    direction: Any = Direction.minimize
+    # null: SQLite at <original cwd>/multirun/optuna.db. Any RDB URL, or
+    # journal:///abs/path/file.log for Optuna's journal file storage.
+    storage: Optional[Any] = None
+    # null: the hparams_search config name, else the task name.
+    study_name: Optional[str] = None
+    # Total trials of the study (COMPLETE + PRUNED + FAIL, interrupted ones excluded).
+    n_trials: int = 20
+    # Worker processes pulling from the study (1: this process only).
+    n_jobs: int = 2
+    # Fraction of n_trials allowed to FAIL before the sweep stops (non-zero exit).
+    max_failure_rate: float = 0.0
+    search_space: Optional[Dict[str, Any]] = None
+    params: Optional[Dict[str, str]] = None
+    # Dotted path to fn(cfg, trial) adding suggestions of its own.
+    custom_search_space: Optional[str] = None
+    # https://optuna.readthedocs.io/en/stable/reference/pruners.html
+    pruner: Any = None
+    # Seconds between liveness stamps of a running trial; a RUNNING trial whose
+    # last stamp is older than 4 intervals (or whose local process is gone) is
+    # treated as interrupted. null: process check only (same host).
+    heartbeat_interval: Optional[int] = 60
+
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="sweeps_optuna", node=SweepsOptunaSweeperConf, provider=PROVIDER)
+for name, node in {
+    "tpe": TPESamplerConfig,
+    "random": RandomSamplerConfig,
+    "cmaes": CmaEsSamplerConfig,
+    "nsgaii": NSGAIISamplerConfig,
+    "grid": GridSamplerConfig,
+    "qmc": QMCSamplerConfig,
+    "gp": GPSamplerConfig,
+}.items():
+    cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider=PROVIDER)
+for name, node in {
+    "none": NopPrunerConfig,
+    "nop": NopPrunerConfig,
+    "median": MedianPrunerConfig,
+    "successive_halving": SuccessiveHalvingPrunerConfig,
+    "hyperband": HyperbandPrunerConfig,
+}.items():
+    cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider=PROVIDER)

@@ -1,0 +1,126 @@
+"""What the ``sweeps_optuna`` sweeper needs from this project: parameter counts and MLflow records.
+
+The sweeper (``src/hydra_plugins/sweeps_optuna_sweeper``) is generic; it calls
+these helpers only when the task config has the nodes they read (``budget`` and
+``model`` for the budget, ``trial`` and ``tracking`` for MLflow).
+
+MLflow layout of a sweep: one parent run per study (run name = study name, tag
+``sweeps.role=parent``), created once and shared by every process of the sweep
+through the study's user attr ``mlflow_parent_run_id``; one child run per
+trial. Trials that train are recorded by ``sweeps.train`` itself. Trials the
+sweeper refuses without launching are recorded here:
+
+* over ``budget.max_params``: tag ``sweeps.state=INFEASIBLE``, status FINISHED
+  (the refusal is a decision, nothing failed), param ``n_params``;
+* a config that cannot be built: ``sweeps.state=FAIL``, status FAILED.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from sweeps.tracking import TAG_REASON, TAG_STATE, _param, config_params, experiment_id, tracking_uri
+
+TAG_STUDY = "sweeps.study"
+TAG_TRIAL = "sweeps.trial"
+TAG_ROLE = "sweeps.role"
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def has_budget(cfg: DictConfig) -> bool:
+    return "budget" in cfg and "model" in cfg
+
+
+def max_params(cfg: DictConfig) -> int | None:
+    value = cfg.get("budget", {}).get("max_params") if "budget" in cfg else None
+    return None if value is None else int(value)
+
+
+def count_params(cfg: DictConfig) -> int:
+    """Parameters of the trial's model, built on the meta device (no data, no GPU)."""
+    from sweeps.train import model_size
+
+    return int(model_size(cfg))
+
+
+def is_tracked(cfg: DictConfig) -> bool:
+    return "tracking" in cfg and "trial" in cfg and bool(cfg.tracking.get("enabled", False))
+
+
+def _client(cfg: DictConfig):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    return mlflow.MlflowClient()
+
+
+def create_parent_run(cfg: DictConfig, study_name: str) -> str:
+    """Create the experiment (``tracking.experiment``) and the sweep's parent run."""
+    exp = experiment_id(cfg)
+    run = _client(cfg).create_run(exp, run_name=study_name, tags={TAG_STUDY: study_name, TAG_ROLE: "parent"})
+    return run.info.run_id
+
+
+def parent_is_usable(cfg: DictConfig, run_id: str) -> bool:
+    try:
+        _client(cfg).get_run(run_id)
+        return True
+    except Exception:
+        return False
+
+
+def finish_parent_run(cfg: DictConfig, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
+    client = _client(cfg)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    if client.get_run(run_id).info.status != status:
+        client.set_terminated(run_id, status)
+
+
+def record_refused(
+    cfg: DictConfig,
+    *,
+    study_name: str,
+    trial_number: int,
+    parent_run_id: str | None,
+    run_name: str,
+    state: str,
+    reason: str,
+    n_params: int | None,
+) -> str:
+    """A child run for a trial that was never launched (INFEASIBLE or unbuildable FAIL)."""
+    client = _client(cfg)
+    tags = {TAG_STUDY: study_name, TAG_TRIAL: str(trial_number), TAG_STATE: state, TAG_REASON: reason[:5000]}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(cfg), run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    try:
+        params = {k: _param(v) for k, v in config_params(cfg).items()}
+    except Exception:  # an unbuildable config may not even resolve
+        params = {}
+    if n_params is not None:
+        params["n_params"] = n_params
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+    client.set_terminated(run_id, "FINISHED" if state == "INFEASIBLE" else "FAILED")
+    return run_id
+
+
+def mark_run_killed(cfg: DictConfig, run_id: str, reason: str) -> None:
+    """A training run left RUNNING by a killed process ends KILLED (tag sweeps.state=INTERRUPTED)."""
+    client = _client(cfg)
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":
+        client.set_tag(run_id, TAG_STATE, "INTERRUPTED")
+        client.set_tag(run_id, TAG_REASON, reason)
+        client.set_terminated(run_id, "KILLED")
+
+
+def run_state(cfg: DictConfig, run_id: str) -> Any:
+    return _client(cfg).get_run(run_id).info.status

@@ -1,0 +1,302 @@
+"""The sweeps_optuna sweeper end to end: real `python -m sweeps.train --multirun` processes,
+a real SQLite Optuna study and a real SQLite MLflow store, all under a tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPHERE = REPO / "tests" / "apps" / "sphere" / "sphere.py"
+
+TINY = [
+    "dataset=digits",
+    "augment=norm",
+    "model.channels=[8,16]",
+    "model.blocks=[1,1]",
+    "model.stem_channels=8",
+    "model.pool=4",
+    "model.head=[]",
+    "trainer.batch_size=64",
+    "trainer.epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_eval_batches=2",
+    "trainer.progress=false",
+    "tracking.log_model=false",
+]
+
+
+def sweep_args(experiment: str, *extra: str) -> list[str]:
+    return [
+        "--multirun",
+        "hydra/sweeper=sweeps_optuna",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.direction=maximize",
+        f"hydra.sweeper.study_name={experiment}",
+        f"tracking.experiment={experiment}",
+        *TINY,
+        *extra,
+    ]
+
+
+def _env() -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("SWEEPS_OPTUNA_WORKER", None)
+    return env
+
+
+def train(cwd: Path, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=_env())
+
+
+def start(cwd: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeps.train", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_env())
+
+
+def show(proc) -> str:
+    out = proc.stdout + getattr(proc, "stderr", "") if isinstance(proc, subprocess.CompletedProcess) else ""
+    return out[-6000:]
+
+
+def study(root: Path, name: str):
+    import optuna
+
+    from hydra_plugins.sweeps_optuna_sweeper.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{root / 'multirun' / 'optuna.db'}"))
+
+
+def runs(root: Path, experiment: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], run_view_type=mlflow.entities.ViewType.ALL, max_results=1000)
+
+
+def counted(trials) -> list:
+    from hydra_plugins.sweeps_optuna_sweeper._impl import is_counted
+
+    return [t for t in trials if is_counted(t)]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+        except Exception:
+            value = None
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_training(root: Path, name: str):
+    """A RUNNING trial whose job has started training (it stored its MLflow run id)."""
+    from optuna.trial import TrialState
+
+    for t in study(root, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("mlflow_run_id"):
+            return t
+    return None
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_sweep_runs_n_trials_with_workers_under_one_parent(tmp_path: Path):
+    """6 trials, two worker processes (no batch barrier), 6 child runs under one MLflow parent."""
+    r = train(tmp_path, sweep_args("six", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+                                   "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+                                   "optim.lr=interval(0.001,0.01)"))
+    assert r.returncode == 0, show(r)
+    trials = study(tmp_path, "six").trials
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials), trials
+    assert all(t.user_attrs["n_params"] > 0 for t in trials)
+    all_runs = runs(tmp_path, "six")
+    parents = [x for x in all_runs if x.data.tags.get("sweeps.role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [x for x in all_runs if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 6
+    assert sorted(int(x.data.tags["sweeps.trial"]) for x in children) == list(range(6))
+    assert {x.data.tags["sweeps.state"] for x in children} == {"COMPLETE"}
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {x.info.run_id for x in children}
+    # one output dir per trial number, and the results file with the best trial
+    sweep_dir = next((tmp_path / "multirun").glob("*/*/optimization_results.yaml")).parent
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == [str(i) for i in range(6)]
+    import yaml
+
+    res = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert res["counted_trials"] == 6 and "best_value" in res and res["best_config"]["dataset"]["name"] == "digits"
+    assert "6/6 trials" in r.stdout
+
+
+def test_over_budget_points_are_never_trained(tmp_path: Path):
+    """Over budget.max_params: PRUNED+infeasible in Optuna, an INFEASIBLE MLflow run, no training.
+    A config that cannot be built is FAIL, not a crash. An all-infeasible grid stops before launching."""
+    args = sweep_args("budget", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10",
+                      "hydra.sweeper.max_failure_rate=0.5", "budget.max_params=20000",
+                      "model.channels=choice([8,16],[64,128],[8,16,32])")
+    r = train(tmp_path, args)
+    assert r.returncode == 0, show(r)
+    trials = {str(t.params["model.channels"]): t for t in study(tmp_path, "budget").trials}
+    assert len(trials) == 3
+    small, big, bad = trials["[8,16]"], trials["[64,128]"], trials["[8,16,32]"]
+    assert small.state.name == "COMPLETE"
+    assert big.state.name == "PRUNED" and big.user_attrs["infeasible"] is True
+    assert big.user_attrs["n_params"] > 20000 and "budget" in big.user_attrs["reason"]
+    assert bad.state.name == "FAIL" and bad.user_attrs["fail_reason"]
+    by_trial = {int(x.data.tags["sweeps.trial"]): x for x in runs(tmp_path, "budget") if "sweeps.trial" in x.data.tags}
+    refused = by_trial[big.number]
+    assert refused.data.tags["sweeps.state"] == "INFEASIBLE" and refused.info.status == "FINISHED"
+    assert int(refused.data.params["n_params"]) == big.user_attrs["n_params"]
+    assert "best_val_acc" not in refused.data.metrics  # never trained
+    assert by_trial[bad.number].info.status == "FAILED"
+    assert by_trial[small.number].data.tags["sweeps.state"] == "COMPLETE"
+    assert "1 infeasible" in r.stdout
+
+    r = train(tmp_path, sweep_args("nothing_fits", "hydra/sweeper/sampler=grid", "budget.max_params=100",
+                                   "model.channels=choice([8,16],[64,128])"))
+    assert r.returncode == 2
+    text = r.stdout + r.stderr
+    assert "No point of the search space fits the parameter budget" in text and "Nothing was launched" in text
+    assert not runs(tmp_path, "nothing_fits") or all(
+        x.data.tags.get("sweeps.role") == "parent" for x in runs(tmp_path, "nothing_fits"))
+
+
+def test_sphere_example_runs_with_only_the_sweeper_name_changed(tmp_path: Path):
+    r = subprocess.run([sys.executable, str(SPHERE), "--multirun"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=180, env=_env())
+    assert r.returncode == 0, show(r)
+    trials = study(tmp_path, "sphere").trials
+    assert len(trials) == 20 and all(t.state.name == "COMPLETE" for t in trials)
+    assert all(t.value == t.params["x"] ** 2 + t.params["y"] ** 2 for t in trials)
+    import yaml
+
+    res = yaml.safe_load(next((tmp_path / "multirun").glob("*/*/optimization_results.yaml")).read_text())
+    assert res["best_value"] == min(t.value for t in trials)
+    # the same command again: the study is complete, nothing more runs
+    r = subprocess.run([sys.executable, str(SPHERE), "--multirun"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=180, env=_env())
+    assert r.returncode == 0 and len(study(tmp_path, "sphere").trials) == 20, show(r)
+
+
+@pytest.fixture(scope="module")
+def prune_and_nan(tmp_path_factory):
+    """One grid sweep: two good learning rates, one useless (tiny), one that diverges (NaN)."""
+    root = tmp_path_factory.mktemp("prune")
+    r = train(root, sweep_args("prune", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=0",
+                               "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                               "hydra.sweeper.max_failure_rate=0.5", "optim=sgd", "trainer.epochs=3",
+                               "optim.lr=choice(0.1,0.05,1e-7,1e6)"))
+    return root, r
+
+
+def test_pruner_prunes_bad_learning_rates(prune_and_nan):
+    root, r = prune_and_nan
+    assert r.returncode == 0, show(r)
+    trials = study(root, "prune").trials
+    assert len(counted(trials)) == 4
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(t.params["optim.lr"] < 0.05 for t in pruned), [(t.params, t.state) for t in trials]
+    states = {x.data.tags.get("sweeps.trial"): x.data.tags.get("sweeps.state") for x in runs(root, "prune")}
+    assert all(states[str(t.number)] == "PRUNED" for t in pruned)
+
+
+def test_diverging_trial_fails_and_the_sweep_goes_on(prune_and_nan):
+    root, r = prune_and_nan
+    assert r.returncode == 0, show(r)
+    trials = study(root, "prune").trials
+    nan = next(t for t in trials if t.params["optim.lr"] == 1e6)
+    assert nan.state.name == "FAIL" and "diverged" in nan.user_attrs["fail_reason"].lower()
+    assert any(t.state.name == "COMPLETE" and t.number > nan.number for t in trials) or nan.number == max(
+        t.number for t in trials)
+    assert "1 failed" in r.stdout
+
+
+@pytest.mark.slow
+def test_sigkilled_sweep_resumes_to_exactly_n_trials(tmp_path: Path):
+    args = sweep_args("killed", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=3", "trainer.epochs=6",
+                      "optim.lr=choice(0.001,0.002,0.003)")
+    proc = start(tmp_path, args)
+    try:
+        victim = wait_for(lambda: running_training(tmp_path, "killed"), 150, "a trial to start training", proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert study(tmp_path, "killed").trials[victim.number].state.name == "RUNNING"
+    r = train(tmp_path, args)
+    assert r.returncode == 0, show(r)
+    trials = study(tmp_path, "killed").trials
+    done = counted(trials)
+    assert len(done) == 3 and all(t.state.name == "COMPLETE" for t in done)
+    lrs = [t.params["optim.lr"] for t in done]
+    assert sorted(lrs) == [0.001, 0.002, 0.003]  # every point once, the killed one re-run
+    killed = trials[victim.number]
+    assert killed.state.name == "FAIL" and killed.user_attrs["interrupted"] is True
+    orphan = next(x for x in runs(tmp_path, "killed") if x.info.run_id == victim.user_attrs["mlflow_run_id"])
+    assert orphan.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_sigint_marks_the_trial_interrupted_and_rerun_resumes(tmp_path: Path):
+    args = sweep_args("sigint", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "trainer.epochs=6",
+                      "optim.lr=choice(0.001,0.002)")
+    proc = start(tmp_path, args)
+    try:
+        victim = wait_for(lambda: running_training(tmp_path, "sigint"), 150, "a trial to start training", proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out[-4000:]
+    assert "Re-run the same command" in out
+    trial = study(tmp_path, "sigint").trials[victim.number]
+    assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True
+    run = next(x for x in runs(tmp_path, "sigint") if x.info.run_id == victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    r = train(tmp_path, args)
+    assert r.returncode == 0, show(r)
+    done = counted(study(tmp_path, "sigint").trials)
+    assert len(done) == 2 and sorted(t.params["optim.lr"] for t in done) == [0.001, 0.002]
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_share_one_study(tmp_path: Path):
+    args = sweep_args("shared", "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=5",
+                      "optim.lr=interval(0.001,0.01)")
+    procs = [start(tmp_path, args + [f"hydra.sweeper.sampler.seed={i}"]) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
+    trials = study(tmp_path, "shared").trials
+    done = counted(trials)
+    assert len(done) == 5 and all(t.state.name == "COMPLETE" for t in done)
+    assert all(t.user_attrs.get("surplus") for t in trials if t not in done)
+    owners = {t.user_attrs["pid"] for t in done}
+    assert len(owners) == 2  # both processes trained
+    all_runs = runs(tmp_path, "shared")
+    assert len([x for x in all_runs if x.data.tags.get("sweeps.role") == "parent"]) == 1
+    assert len([x for x in all_runs if "sweeps.trial" in x.data.tags]) == 5
