@@ -547,9 +547,13 @@ class SweepsOptunaSweeperImpl(Sweeper):
     def _tell(self, trial: optuna.trial.Trial, state: TrialState, values: Optional[List[float]] = None) -> None:
         try:
             self.study.tell(trial, values=values, state=state)
-        except RuntimeError as e:
-            if "Study.stop" not in str(e):  # the grid sampler's stop() outside optimize(): harmless
+        except Exception as e:
+            # Optuna stores the state even when the sampler's after_trial raises; the grid sampler
+            # does for re-enqueued trials (KeyError 'grid_id') and calls study.stop() outside
+            # optimize() (RuntimeError). Both are harmless here.
+            if not self.study._storage.get_trial(trial._trial_id).state.is_finished():
                 raise
+            log.debug(f"trial {trial.number}: the sampler's after_trial raised {type(e).__name__}: {e}")
 
     def _overrides(self, trial: optuna.trial.Trial) -> List[str]:
         if self.custom_search_space is not None:

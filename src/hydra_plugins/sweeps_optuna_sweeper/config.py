@@ -188,7 +188,8 @@ class SweepsOptunaSweeperConf:
     # Dotted path to fn(cfg, trial) adding suggestions of its own.
     custom_search_space: Optional[str] = None
     # https://optuna.readthedocs.io/en/stable/reference/pruners.html
-    pruner: Any = None
+    # (group hydra/sweeper/pruner: none, nop, median, successive_halving, hyperband; or a _target_ node)
+    pruner: Any = MISSING
     # Seconds between liveness stamps of a running trial; a RUNNING trial whose
     # last stamp is older than 4 intervals (or whose local process is gone) is
     # treated as interrupted. null: process check only (same host).
