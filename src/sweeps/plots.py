@@ -153,7 +153,7 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
             ax.annotate(str(done[i].get("label", ""))[:40], (xs[i], ys[i]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     if other:
-        floor = min(ys) if ys else 0.0
+        floor = (min(ys) - 0.05 * max(max(ys) - min(ys), 1.0)) if ys else 0.0
         ax.scatter([float(p["n_params"]) for p in other], [floor] * len(other), marker="x", color="black",
                    zorder=2, label="no accuracy (failed / over budget)")
     for state, colour in colours.items():
@@ -168,7 +168,7 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
     ax.set_ylabel("best validation accuracy (%)")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_human))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "validation accuracy vs parameter count")
     return _save(fig, path)
 
@@ -272,7 +272,8 @@ def optuna_figure(kind: str, study, path: Path, target_name: str = "objective") 
 
     import optuna.visualization.matplotlib as ovm
 
-    with warnings.catch_warnings():
+    # Optuna switches the global style to ggplot; the context restores ours afterwards.
+    with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         if kind == "history":
             ax = ovm.plot_optimization_history(study, target_name=target_name)

@@ -31,6 +31,7 @@ ALIGN = "| :----: | :----: | :----: | :----: | :----: | :----: | :----: |"
 STATES = ("COMPLETE", "PRUNED", "INTERRUPTED", "RUNNING", "FAIL", "INFEASIBLE")
 MINIMIZED = ("best_val_loss", "test_loss", "n_params", "epochs_run", "wall_time_s")
 TOKEN_SKIP = ("trial.", "hydra.", "tracking.", "paths.")
+BARE = "\x00"  # the value of a run-name token without '=' (e.g. a hand-written run name)
 
 log = logging.getLogger("sweeps.report")
 
@@ -279,13 +280,16 @@ def split_tokens(run_name: str) -> list[str]:
 
 
 def name_tokens(run_name: str) -> dict[str, str]:
+    """{key: value} of a run name made of overrides; 'defaults' (no override) is {}."""
     out = {}
+    if run_name == "defaults":
+        return out
     for token in split_tokens(run_name):
         key, eq, value = token.partition("=")
         key = key.lstrip("+~")
         if key.startswith(TOKEN_SKIP):
             continue
-        out[key] = value if eq else ""
+        out[key] = value if eq else BARE
     return out
 
 
@@ -346,9 +350,14 @@ def row_from_trial(trial) -> Row:
     state = "INFEASIBLE" if attrs.get("infeasible") else {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED",
                                                            "FAIL": "FAIL", "RUNNING": "RUNNING",
                                                            "WAITING": "RUNNING"}.get(trial.state.name, trial.state.name)
-    name = ",".join(f"{k}={v}" for k, v in trial.params.items()) or f"trial {trial.number}"
-    row = Row(run_name=name, trial=trial.number, state=state, reason=str(attrs.get("fail_reason") or ""),
-              n_params=_int(attrs.get("n_params")), tokens={k: str(v) for k, v in trial.params.items()})
+    overrides = attrs.get("overrides")  # the sweeper's command-line overrides of the trial
+    if isinstance(overrides, list) and overrides:
+        name = ",".join(str(o) for o in overrides)
+    else:
+        name = ",".join(f"{k}={v}" for k, v in trial.params.items()) or f"trial {trial.number}"
+    row = Row(run_name=name, trial=trial.number, state=state,
+              reason=str(attrs.get("fail_reason") or attrs.get("reason") or ""),
+              n_params=_int(attrs.get("n_params")), tokens=name_tokens(name))
     if trial.intermediate_values:
         step = max(trial.intermediate_values)
         row.epochs = step
@@ -375,6 +384,7 @@ def load_sweeps(target: Target) -> list[Sweep]:
         )
     by_id = {r.info.run_id: r for r in runs}
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags}
+    parents |= {r.info.run_id for r in runs if r.data.tags.get("sweeps.role") == "parent"}
     groups: dict[str | None, list] = {}
     for r in runs:
         if r.info.run_id in parents:
@@ -448,8 +458,9 @@ def _merge_trials(sweep: Sweep) -> None:
             row.n_params = _int(trial.user_attrs.get("n_params"))
         if trial.user_attrs.get("infeasible") and row.state != "INFEASIBLE":
             row.state = "INFEASIBLE"
-        if not row.reason and trial.user_attrs.get("fail_reason"):
-            row.reason = str(trial.user_attrs["fail_reason"])
+        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("reason")
+        if not row.reason and reason:
+            row.reason = str(reason)
 
 
 def _objective(sweep: Sweep, runs: list) -> None:
@@ -495,9 +506,13 @@ def label_rows(rows: list[Row]) -> list[str]:
     keys = sorted({k for r in rows for k in r.tokens})
     varying = [k for k in keys if len({r.tokens.get(k, "") for r in rows}) > 1]
     for r in rows:
-        shown = [f"{k}={r.tokens[k]}" if r.tokens[k] != "" else k for k in varying if k in r.tokens]
+        shown = [_token(k, r.tokens[k]) for k in varying if k in r.tokens]
         r.label = ", ".join(shown) if shown else ("defaults" if len(rows) > 1 else r.run_name)
     return varying
+
+
+def _token(key: str, value: str) -> str:
+    return key if value == BARE else f"{key}={value}"
 
 
 def ablation_axes(rows: list[Row]) -> dict[str, list[Row]] | None:
@@ -522,7 +537,7 @@ def ablation_axes(rows: list[Row]) -> dict[str, list[Row]] | None:
         diff = [k for k, b in base.items() if b is None or r.tokens.get(k, "") != b]
         if diff:
             axes.setdefault(" + ".join(diff), []).append(r)
-            labels[id(r)] = ", ".join(f"{k}={r.tokens[k]}" if k in r.tokens else f"{k}=(default)" for k in diff)
+            labels[id(r)] = ", ".join(_token(k, r.tokens[k]) if k in r.tokens else f"{k}=(default)" for k in diff)
         else:
             baseline.append(r)
     single = [a for a in axes if " + " not in a]
@@ -533,7 +548,7 @@ def ablation_axes(rows: list[Row]) -> dict[str, list[Row]] | None:
     out = {}
     for axis, members in axes.items():
         out[axis] = baseline + members
-    shown = ", ".join(f"{k}={b}" for k, b in base.items() if b)
+    shown = ", ".join(_token(k, b) for k, b in base.items() if b)
     for r in rows:
         r.label = labels.get(id(r), f"baseline ({shown})" if shown else "baseline")
     return out
@@ -669,7 +684,9 @@ def _optuna_multi(kind: str, study, path: Path, objective: str) -> Path:
 
     from sweeps import plots
 
-    with warnings.catch_warnings():
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore")
         fn = ovm.plot_optimization_history if kind == "history" else ovm.plot_param_importances
         ax = fn(study, target=lambda t: t.values[0], target_name=objective)
