@@ -75,10 +75,13 @@ def config_params(cfg: DictConfig) -> dict[str, Any]:
 class RunRecorder:
     """One MLflow run around a training; a no-op when tracking is disabled."""
 
-    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str] | None = None):
+    def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str] | None = None,
+                 resume_run_id: str | None = None):
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags or {})
         self.enabled = bool(cfg.tracking.enabled)
-        self.run_id: str | None = None
+        # A resumed training (trainer.resume) reopens its KILLED run, so that
+        # its history stays in one place.
+        self.run_id: str | None = resume_run_id
 
     def __enter__(self) -> RunRecorder:
         if not self.enabled:
@@ -86,6 +89,10 @@ class RunRecorder:
         import mlflow
 
         exp = experiment_id(self.cfg)
+        if self.run_id is not None:
+            mlflow.start_run(run_id=self.run_id, log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
+            mlflow.set_tags(self.tags)
+            return self
         parent = self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None
         run = mlflow.start_run(
             experiment_id=exp,

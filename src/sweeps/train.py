@@ -56,9 +56,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tags = {"sweeps.study": str(cfg.trial.study), "sweeps.trial": str(cfg.trial.number)}
     run_name = cfg.tracking.get("run_name") or overrides_run_name(list(hc.overrides.task))
 
-    with RunRecorder(cfg, run_name, tags) as rec:
-        rec.log_params({"n_params": n_params})
-        log_config_artifacts(rec, out_dir)
+    id_file = out_dir / "mlflow_run_id"
+    resume_id = id_file.read_text().strip() if cfg.trainer.resume and id_file.exists() else None
+
+    with RunRecorder(cfg, run_name, tags, resume_run_id=resume_id) as rec:
+        if rec.run_id:
+            id_file.write_text(rec.run_id)
+        if resume_id is None:
+            rec.log_params({"n_params": n_params})
+            log_config_artifacts(rec, out_dir)
         torch.manual_seed(int(cfg.seed))
         device = select_device(str(cfg.trainer.device))
         if device.type == "cuda":

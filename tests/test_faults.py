@@ -1,0 +1,77 @@
+"""Interrupted and resumed trainings, with real signals sent to real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from conftest import TINY, mlflow_runs, run_module
+
+# Enough batches per epoch that a signal lands inside a later epoch.
+LONGER = [a for a in TINY if not a.startswith(("trainer.limit_train", "trainer.epochs"))] + ["trainer.epochs=4"]
+
+
+def _start(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "sweeps.train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc, text, timeout=240):
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if text in line:
+            return
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}:\n{''.join(seen)[-3000:]}")
+
+
+@pytest.mark.slow
+def test_sigterm_run_is_killed_then_resumes_to_the_same_result(project):
+    """SIGTERM is what SLURM sends on preemption; Ctrl-C takes the same path."""
+    ref = run_module("sweeps.train", LONGER + ["tracking.experiment=ref", f"hydra.run.dir={project}/ref"], project)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    (ref_run,) = mlflow_runs(project, "ref")
+
+    run_dir = project / "interrupted"
+    args = LONGER + ["tracking.experiment=cut", f"hydra.run.dir={run_dir}"]
+    proc = _start(args, project)
+    _wait_for(proc, "epoch 2:")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    assert "Traceback" not in out, out[-3000:]
+    assert "trainer.resume=true" in out
+    (cut,) = mlflow_runs(project, "cut")
+    assert cut.info.status == "KILLED"
+    assert cut.data.tags["sweeps.state"] == "INTERRUPTED"
+
+    resumed = run_module("sweeps.train", args + ["trainer.resume=true"], project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (done,) = mlflow_runs(project, "cut")
+    assert done.info.run_id == cut.info.run_id, "the resumed training continues its own MLflow run"
+    assert done.info.status == "FINISHED"
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    assert sorted({m.step for m in client.get_metric_history(done.info.run_id, "val_acc")}) == [1, 2, 3, 4]
+    for metric in ("best_val_acc", "test_acc", "train_acc"):
+        assert done.data.metrics[metric] == pytest.approx(ref_run.data.metrics[metric], abs=1e-9), metric
+
+
+def test_diverging_run_fails_at_the_step(project):
+    proc = run_module("sweeps.train", TINY + ["optim=sgd", "optim.lr=1e12", "tracking.experiment=div"], project)
+    assert proc.returncode != 0
+    (run,) = mlflow_runs(project, "div")
+    assert run.info.status == "FAILED"
+    assert "diverged at epoch 1 step" in run.data.tags["sweeps.reason"]
+
