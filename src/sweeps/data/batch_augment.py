@@ -153,9 +153,10 @@ class BatchAugment:
         cols = offsets[:, 1:] - p + cols_fwd
         rows, vr = _map_index(rows, h, self.padding_mode)
         cols, vc = _map_index(cols, w, self.padding_mode)
-        bi = torch.arange(b, device=dev)[:, None, None]
-        out = x[bi, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C): channels-last memory
-        out = out.permute(0, 3, 1, 2)
+        # One gather over the flattened pixels (several times faster than advanced indexing on the CPU).
+        c = x.shape[1]
+        flat = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        out = x.reshape(b, c, h * w).gather(2, flat).view(b, c, h, w)
         if vr is not None:
             valid = (vr[:, :, None] & vc[:, None, :])[:, None]
             out = out * valid.to(out.dtype)
