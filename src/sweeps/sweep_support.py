@@ -49,17 +49,38 @@ def is_tracked(cfg: DictConfig) -> bool:
     return "tracking" in cfg and "trial" in cfg and bool(cfg.tracking.get("enabled", False))
 
 
+_READY: set[str] = set()
+
+
 def _client(cfg: DictConfig):
+    """A client on the task's store; the first use per process creates a SQLite store's schema
+    under a file lock, so sweep processes starting together do not race on MLflow's migrations."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    return mlflow.MlflowClient()
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    if uri not in _READY and uri.startswith("sqlite:///"):
+        import fcntl
+        from pathlib import Path
+
+        lock = Path(uri[len("sqlite:///"):]).with_suffix(".init.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                client.search_experiments(max_results=1)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    _READY.add(uri)
+    return client
 
 
 def create_parent_run(cfg: DictConfig, study_name: str) -> str:
     """Create the experiment (``tracking.experiment``) and the sweep's parent run."""
+    client = _client(cfg)
     exp = experiment_id(cfg)
-    run = _client(cfg).create_run(exp, run_name=study_name, tags={TAG_STUDY: study_name, TAG_ROLE: "parent"})
+    run = client.create_run(exp, run_name=study_name, tags={TAG_STUDY: study_name, TAG_ROLE: "parent"})
     return run.info.run_id
 
 
