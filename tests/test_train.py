@@ -91,3 +91,18 @@ def test_cifar10_without_data_or_network_names_path_and_digits(project):
     assert str(project / "data") in message and "dataset=digits" in message
     runs = mlflow_runs(project)
     assert runs and all(r.info.status == "FAILED" for r in runs), "the attempt is recorded, not left RUNNING"
+
+
+def test_multiscale_tencrop_evaluation(project):
+    """001's multi-scale 10-crop test, on a model with global pooling."""
+    base = ["dataset=digits", "model=resnet_cifar", "model.depth=8", "trainer.epochs=1", "trainer.batch_size=64",
+            "trainer.limit_train_batches=2", "trainer.limit_eval_batches=1", "trainer.progress=false",
+            "tracking.experiment=tta", "trainer.tta_scales=[32,40]", "trainer.tta_flip=true"]
+    proc = run_module("sweeps.train", base, project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = mlflow_runs(project, "tta")
+    assert run.data.params["trainer.tta_scales"] == "[32, 40]" and 0 <= run.data.metrics["test_acc"] <= 1
+    # A model with a fixed-size pool cannot take other sizes: a clear error, not a traceback.
+    bad = run_module("sweeps.train", TINY + ["trainer.tta_scales=[64]", "tracking.enabled=false"], project)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "trainer.tta_scales=[64]" in bad.stderr and "model=resnet34" in bad.stderr

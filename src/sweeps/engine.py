@@ -88,19 +88,55 @@ def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int):
     return factory(optimizer)
 
 
+def tta_views(trainer: DictConfig) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """The evaluation-time views whose logits are averaged.
+
+    ``tta_flip`` adds the mirror image; ``tta_scales`` is 001's multi-scale
+    10-crop test (the image resized to each scale, then four corners and the
+    centre of side ``tta_crop`` x scale, each with its flip).
+    """
+    scales = list(trainer.get("tta_scales") or [])
+    flip = bool(trainer.get("tta_flip", False))
+    fraction = float(trainer.get("tta_crop", 0.875))
+    if scales and (min(scales) < 1 or not 0 < fraction <= 1):
+        raise ConfigError(f"trainer.tta_scales={scales} must be positive sizes and trainer.tta_crop={fraction} in (0, 1].")
+
+    def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not scales:
+            return (model(x) + model(x.flip(-1))) / 2 if flip else model(x)
+        from torchvision.transforms.v2.functional import ten_crop
+
+        total = 0
+        for size in scales:
+            resized = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            crops = ten_crop(resized, [max(1, round(size * fraction))] * 2)
+            try:
+                total = total + sum(model(c).float().softmax(-1) for c in crops) / len(crops)
+            except RuntimeError as e:
+                if "shape" not in str(e):
+                    raise
+                raise ConfigError(
+                    f"trainer.tta_scales={scales}: this model cannot take {crops[0].shape[-1]}x"
+                    f"{crops[0].shape[-1]} crops ({e}); multi-scale 10-crop testing needs a model with "
+                    "global (adaptive) pooling such as model=resnet34, resnet18_finetune or resnet32."
+                ) from None
+        return (total / len(scales)).log()  # log of the mean probability: cross-entropy still applies
+
+    return predict
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device, amp_dtype, tta_flip: bool = False, keep_preds: bool = False):
+def evaluate(model: nn.Module, batches: Iterable, device, amp_dtype, predict=None, keep_preds: bool = False):
     """(mean loss, accuracy, predictions or None) over ``batches``."""
     model.eval()
+    predict = predict or (lambda m, x: m(x))
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     n, preds = 0, []
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
-            logits = model(x)
-            if tta_flip:
-                logits = (logits + model(x.flip(-1))) / 2
+            logits = predict(model, x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == y).sum()
@@ -137,6 +173,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
     check_every = 1 if device.type == "cpu" else 50
+    predict = tta_views(t)
 
     result, best_state, start_epoch, since_best = FitResult(), None, 0, 0
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
@@ -188,7 +225,7 @@ def fit(
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
             raise Diverged(f"diverged at epoch {epoch + 1}: the mean training loss is {train_loss}")
-        val_loss, val_acc, _ = evaluate(model, val_batches(), device, amp_dtype, t.tta_flip)
+        val_loss, val_acc, _ = evaluate(model, val_batches(), device, amp_dtype, predict)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_step:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

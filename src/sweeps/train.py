@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from sweeps.config import validate
 from sweeps.data import load_splits
 from sweeps.data.device_loader import build_pipeline, prepare_model, select_pipeline
-from sweeps.engine import evaluate, fit, select_device, autocast_dtype
+from sweeps.engine import autocast_dtype, evaluate, fit, select_device, tta_views
 from sweeps.errors import ConfigError
 from sweeps.models import build_model, check_budget, count_parameters
 from sweeps.paths import CONF_DIR
@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         amp = autocast_dtype(str(t.precision), device)
         test_loss, test_acc, test_preds = evaluate(
             model, pipe.test_batches(),
-            device, amp, bool(t.tta_flip), keep_preds=True)
+            device, amp, tta_views(t), keep_preds=True)
         final = {
             "best_val_acc": result.best_val_acc,
             "best_val_loss": result.best_val_loss,
