@@ -232,7 +232,7 @@ def fmt(v, spec=".3g"):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default: 100 on CUDA, 2 on the CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default: 100 on CUDA, 1 on the CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 20 on CUDA, 1 on the CPU)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                    help="default: 128 512 on CUDA; 16 32 on the CPU (where one 512-image step of this model takes ~30 s)")
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default="data", help="dataset.root (CIFAR-10 files; the decoded cache goes under it)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reference DataLoader workers")
     p.add_argument("--trials", type=int, default=5, help="trials in the mini sweep (0: skip it)")
-    p.add_argument("--trial-steps", type=int, default=None, help="steps per mini-sweep trial (default: 20 CUDA, 2 CPU)")
+    p.add_argument("--trial-steps", type=int, default=None, help="steps per mini-sweep trial (default: 20 CUDA, 1 CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. dataset.train_size=5000")
     args = p.parse_args(argv)
@@ -253,9 +253,9 @@ def main(argv=None) -> int:
         return 2
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     cuda = device.type == "cuda"
-    steps = args.steps or (100 if cuda else 2)
+    steps = args.steps or (100 if cuda else 1)
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 1)
-    trial_steps = args.trial_steps or (20 if cuda else 2)
+    trial_steps = args.trial_steps or (20 if cuda else 1)
     batch_sizes = args.batch_sizes or ([128, 512] if cuda else [16, 32])
     data_batches = args.data_batches if args.data_batches is not None else (100 if cuda else 20)
     if cuda:
