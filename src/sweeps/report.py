@@ -31,6 +31,7 @@ ALIGN = "| :----: | :----: | :----: | :----: | :----: | :----: | :----: |"
 STATES = ("COMPLETE", "PRUNED", "INTERRUPTED", "RUNNING", "FAIL", "INFEASIBLE")
 MINIMIZED = ("best_val_loss", "test_loss", "n_params", "epochs_run", "wall_time_s")
 TOKEN_SKIP = ("trial.", "hydra.", "tracking.", "paths.")
+ROWS_GROUP = "hparams_search/rows/"
 BARE = "\x00"  # the value of a run-name token without '=' (e.g. a hand-written run name)
 
 log = logging.getLogger("sweeps.report")
@@ -512,7 +513,13 @@ def label_rows(rows: list[Row]) -> list[str]:
 
 
 def _token(key: str, value: str) -> str:
+    if key.startswith(ROWS_GROUP):
+        return value  # a named table row (hparams_search/rows/<table>=<row>) says what it is
     return key if value == BARE else f"{key}={value}"
+
+
+def _axis_name(key: str) -> str:
+    return key[len(ROWS_GROUP):] if key.startswith(ROWS_GROUP) else key
 
 
 def ablation_axes(rows: list[Row]) -> dict[str, list[Row]] | None:
@@ -536,7 +543,7 @@ def ablation_axes(rows: list[Row]) -> dict[str, list[Row]] | None:
     for r in rows:
         diff = [k for k, b in base.items() if b is None or r.tokens.get(k, "") != b]
         if diff:
-            axes.setdefault(" + ".join(diff), []).append(r)
+            axes.setdefault(" + ".join(_axis_name(k) for k in diff), []).append(r)
             labels[id(r)] = ", ".join(_token(k, r.tokens[k]) if k in r.tokens else f"{k}=(default)" for k in diff)
         else:
             baseline.append(r)
@@ -626,7 +633,7 @@ def figures(sweep: Sweep, out: Path, prefix: str, axes: dict[str, list[Row]] | N
             continue
         bars = [{"label": r.label, "val_acc": r.val_acc, "test_acc": r.test_acc, "best": r.best} for r in ranked]
         title = f"Ablation: {axis}" if axes else "Trials by validation accuracy"
-        attempt(title, plots.axis_bars, axis if axes else ", ".join(label_keys(sweep.rows)) or "run",
+        attempt(title, plots.axis_bars, axis if axes else ", ".join(map(_axis_name, label_keys(sweep.rows))) or "run",
                 bars, out / f"{prefix}ablation_{_slug(axis)}.png",
                 f"{sweep.title}: {axis}" if axes else f"{sweep.title}: top {len(bars)} runs")
 
@@ -745,7 +752,7 @@ def build(sweeps: list[Sweep], out: Path, top_k: int = 5) -> Path:
                 lines.append("")
         else:
             keys = label_keys(sweep.rows)
-            lines.append(f"### Results" + (f": {', '.join(keys)}" if keys else ""))
+            lines.append("### Results" + (f": {', '.join(_axis_name(k) for k in keys)}" if keys else ""))
             lines.append("")
             lines.extend(table(sweep.rows, sweep))
             lines.append("")
