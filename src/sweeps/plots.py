@@ -203,7 +203,10 @@ def axis_bars(axis: str, bars: Sequence[Mapping[str, Any]], path: Path, title: s
             text = "n/a" if h is None else f"{h:.2f}" + (" ★" if b.get("best") and key == "val_acc" else "")
             ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
                         va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(xs, [_wrap(str(b["label"]), 18) for b in bars], fontsize=7)
+    if len(bars) > 5:
+        ax.set_xticks(xs, [str(b["label"])[:40] for b in bars], fontsize=7, rotation=30, ha="right")
+    else:
+        ax.set_xticks(xs, [_wrap(str(b["label"]), 18) for b in bars], fontsize=7)
     vals = [v for b in bars for v in (_pct(b.get("val_acc")), _pct(b.get("test_acc"))) if v is not None]
     if vals:
         lo = min(vals)
