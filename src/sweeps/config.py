@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sweeps.errors import ConfigError
 
 # Final metrics a run can return to a sweeper (``objective``).
-OBJECTIVES = ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "train_acc", "n_params", "epochs_run")
+OBJECTIVES = ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "train_acc_at_best", "n_params", "epochs_run")
 
 
 def _number(cfg: DictConfig, key: str, kind: type) -> Any:

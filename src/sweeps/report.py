@@ -326,14 +326,7 @@ def row_from_run(client, run) -> Row:
         row.best_epoch = _int(metrics.get("best_epoch"))
         row.val_acc = _float(metrics.get("best_val_acc"))
         row.test_acc = _float(metrics.get("test_acc"))
-        row.train_acc = _float(metrics.get("train_acc"))
-        # The final train_acc (at the best epoch) shares its name with the per-epoch
-        # metric, so MLflow's "latest" value is the last epoch's; take the best epoch's.
-        if row.best_epoch is not None:
-            at_best = [m.value for m in client.get_metric_history(run.info.run_id, "train_acc")
-                       if m.step == row.best_epoch]
-            if at_best:
-                row.train_acc = at_best[-1]
+        row.train_acc = _float(metrics.get("train_acc_at_best"))
     elif "val_acc" in metrics:
         history = client.get_metric_history(run.info.run_id, "val_acc")
         if history:
@@ -473,7 +466,7 @@ def _objective(sweep: Sweep, runs: list) -> None:
     sweep.maximize = objective not in MINIMIZED
     budget = next((r.data.params.get("budget.max_params") for r in runs if "budget.max_params" in r.data.params), None)
     sweep.budget = _int(budget)
-    lookup = {"best_val_acc": "val_acc", "test_acc": "test_acc", "train_acc": "train_acc", "n_params": "n_params",
+    lookup = {"best_val_acc": "val_acc", "test_acc": "test_acc", "train_acc_at_best": "train_acc", "n_params": "n_params",
               "epochs_run": "epochs"}
     by_id = {r.info.run_id: r for r in runs}
     for row in sweep.rows:

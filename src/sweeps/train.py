@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         final = {
             "best_val_acc": result.best_val_acc,
             "best_val_loss": result.best_val_loss,
-            "train_acc": result.train_acc_at_best,
+            "train_acc_at_best": result.train_acc_at_best,
             "test_acc": test_acc,
             "test_loss": test_loss,
             "n_params": float(n_params),

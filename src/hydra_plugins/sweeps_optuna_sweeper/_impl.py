@@ -659,6 +659,16 @@ class SweepsOptunaSweeperImpl(Sweeper):
             text = str(exc) or type(exc).__name__
             if type(exc).__name__ not in ("Diverged",) and not isinstance(exc, ValueError):
                 text = f"{type(exc).__name__}: {text}"
+            if MLFLOW_RUN not in trial.user_attrs:
+                # The job failed before its MLflow run started (e.g. a value that
+                # validate() refused): record it anyway, so every trial is a run.
+                overrides = list(trial.user_attrs.get(OVERRIDES, []))
+                try:
+                    cfg = self.config_loader.load_sweep_config(self.config, overrides)
+                except Exception:  # noqa: BLE001 - _record falls back to the sweep's own config
+                    cfg = None
+                self._record(trial, cfg, "FAIL", text, ",".join(overrides) or "defaults", overrides,
+                             trial.user_attrs.get(N_PARAMS))
             self._fail(trial, text)
             return
         value = ret._return_value
