@@ -1,0 +1,3 @@
+from sweeps.data.datasets import Split, Splits, load_splits
+
+__all__ = ["Split", "Splits", "load_splits"]

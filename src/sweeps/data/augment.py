@@ -1,0 +1,75 @@
+"""The ``augment`` config node as torchvision transforms v2.
+
+This is the per-sample (DataLoader) path: every option, AutoAugment included,
+works here on uint8 CHW tensors, exactly as the seeds' CPU pipelines do.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torchvision.transforms import v2
+
+from sweeps.errors import ConfigError
+
+_POLICIES = {p.name.lower(): p for p in v2.AutoAugmentPolicy}
+
+
+def normalization(aug: DictConfig, ds: DictConfig) -> tuple[list[float], list[float]] | None:
+    """(mean, std) to normalize with, or None when the option does not normalize."""
+    if not aug.normalize:
+        return None
+    mean = list(aug.mean if aug.get("mean") is not None else ds.mean)
+    std = list(aug.std if aug.get("std") is not None else ds.std)
+    if len(mean) != ds.channels or len(std) != ds.channels:
+        raise ConfigError(
+            f"normalization mean={mean} std={std} must have one value per image channel "
+            f"({ds.channels} for dataset={ds.name}); set augment.mean/augment.std to match, or "
+            "null to use the dataset's."
+        )
+    if min(std) <= 0:
+        raise ConfigError(f"normalization std={std} must be positive.")
+    return mean, std
+
+
+def train_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
+    ops: list[v2.Transform] = []
+    if aug.get("autoaugment"):
+        name = str(aug.autoaugment).lower()
+        if name not in _POLICIES:
+            raise ConfigError(
+                f"augment.autoaugment={aug.autoaugment!r} is not a torchvision policy; use one "
+                f"of {sorted(_POLICIES)} or null."
+            )
+        ops.append(v2.AutoAugment(_POLICIES[name]))
+    if aug.get("crop"):
+        ops.append(
+            v2.RandomCrop(
+                int(ds.image_size),
+                padding=int(aug.crop.padding),
+                padding_mode=str(aug.crop.get("padding_mode", "constant")),
+            )
+        )
+    if aug.get("flip"):
+        ops.append(v2.RandomHorizontalFlip(float(aug.flip)))
+    if aug.get("rotate"):
+        ops.append(v2.RandomRotation(float(aug.rotate)))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    norm = normalization(aug, ds)
+    if norm:
+        ops.append(v2.Normalize(*norm))
+    if aug.get("cutout"):
+        # Cutout (DeVries & Taylor) of a fixed size x size square, after
+        # normalization so that the hole is the mean colour (zero).
+        frac = (int(aug.cutout.size) / int(ds.image_size)) ** 2
+        ops.append(v2.RandomErasing(p=float(aug.cutout.get("p", 1.0)), scale=(frac, frac), ratio=(1.0, 1.0), value=0))
+    return v2.Compose(ops)
+
+
+def eval_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
+    """Deterministic: scale to [0, 1] and normalize like the training images."""
+    ops: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
+    norm = normalization(aug, ds)
+    if norm:
+        ops.append(v2.Normalize(*norm))
+    return v2.Compose(ops)
