@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY as BASE_TINY
+
 REPO = Path(__file__).resolve().parents[1]
 SPHERE = REPO / "tests" / "apps" / "sphere" / "sphere.py"
 
-TINY = [
-    "dataset=digits",
-    "augment=norm",
-    "model.channels=[8,16]",
-    "model.blocks=[1,1]",
-    "model.stem_channels=8",
-    "model.pool=4",
-    "model.head=[]",
-    "trainer.batch_size=64",
-    "trainer.epochs=2",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_eval_batches=2",
-    "trainer.progress=false",
-    "tracking.log_model=false",
-]
+# The shared tiny digits model, without augmentation or checkpoints.
+TINY = [*BASE_TINY, "augment=norm", "tracking.log_model=false"]
 
 
 def sweep_args(experiment: str, *extra: str) -> list[str]:
@@ -115,6 +104,21 @@ def running_training(root: Path, name: str):
         if t.user_attrs.get("mlflow_run_id"):
             return t
     return None
+
+
+def interrupt_mid_trial(root: Path, args: list[str], name: str, sig: int):
+    """Start a sweep, send ``sig`` once a trial is training; (process, that trial, output)."""
+    proc = start(root, args)
+    try:
+        victim = wait_for(lambda: running_training(root, name), 150, "a trial to start training", proc)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, victim, out
 
 
 # --------------------------------------------------------------------------- tests
@@ -237,16 +241,7 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(prune_and_nan):
 def test_sigkilled_sweep_resumes_to_exactly_n_trials(tmp_path: Path):
     args = sweep_args("killed", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=3", "trainer.epochs=6",
                       "optim.lr=choice(0.001,0.002,0.003)")
-    proc = start(tmp_path, args)
-    try:
-        victim = wait_for(lambda: running_training(tmp_path, "killed"), 150, "a trial to start training", proc)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, victim, _ = interrupt_mid_trial(tmp_path, args, "killed", signal.SIGKILL)
     assert study(tmp_path, "killed").trials[victim.number].state.name == "RUNNING"
     r = train(tmp_path, args)
     assert r.returncode == 0, show(r)
@@ -265,16 +260,7 @@ def test_sigkilled_sweep_resumes_to_exactly_n_trials(tmp_path: Path):
 def test_sigint_marks_the_trial_interrupted_and_rerun_resumes(tmp_path: Path):
     args = sweep_args("sigint", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "trainer.epochs=6",
                       "optim.lr=choice(0.001,0.002)")
-    proc = start(tmp_path, args)
-    try:
-        victim = wait_for(lambda: running_training(tmp_path, "sigint"), 150, "a trial to start training", proc)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, victim, out = interrupt_mid_trial(tmp_path, args, "sigint", signal.SIGINT)
     assert proc.returncode == 130, out[-4000:]
     assert "Re-run the same command" in out
     trial = study(tmp_path, "sigint").trials[victim.number]
