@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.config import flatten
+from sweeps.errors import ConfigError
 
 # Config nodes that describe where things are written rather than the model
 # being trained; they are not logged as params.
@@ -42,12 +43,30 @@ def artifact_location(cfg: DictConfig, experiment: str) -> str | None:
     return (Path(cfg.paths.mlruns).resolve() / "artifacts" / safe).as_uri()
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as e:
+        raise ConfigError(
+            f"the MLflow tracking server tracking.uri={uri} cannot be reached ({getattr(e, 'reason', e)}). Start it "
+            "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.uri or MLFLOW_TRACKING_URI, or "
+            "leave tracking.uri=null for the local store in mlruns/ (tracking.enabled=false records nothing)."
+        ) from None
+
+
 def experiment_id(cfg: DictConfig, name: str | None = None) -> str:
     """Get or create the experiment (safe when several trials race to create it)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     name = name or str(cfg.tracking.experiment)
+    check_reachable(tracking_uri(cfg))
     mlflow.set_tracking_uri(tracking_uri(cfg))
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)

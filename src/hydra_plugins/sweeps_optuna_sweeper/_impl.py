@@ -237,6 +237,12 @@ def _alive(pid: Any, start: Any) -> bool:
     return True
 
 
+def _refuse(message: str) -> None:
+    """A user error before any trial ran: one paragraph, exit status 2, no traceback."""
+    log.error(message)
+    sys.exit(2)
+
+
 class _Heartbeat:
     def __init__(self, storage: Any, trial_id: int, interval: Optional[int]):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
@@ -320,6 +326,12 @@ class SweepsOptunaSweeperImpl(Sweeper):
 
     def _directions(self) -> List[str]:
         raw = self.direction
+        if raw is None:
+            objective = OmegaConf.select(self.config, "objective")
+            if objective is None:
+                return ["minimize"]
+            names = list(objective) if isinstance(objective, ListConfig) else [objective]
+            return ["maximize" if str(n).endswith("_acc") or "acc_" in str(n) else "minimize" for n in names]
         items = list(raw) if isinstance(raw, (MutableSequence, ListConfig, tuple)) else [raw]
         return [d.name if isinstance(d, Direction) else str(d) for d in items]
 
@@ -359,7 +371,12 @@ class SweepsOptunaSweeperImpl(Sweeper):
         assert self.config is not None
         started = time.perf_counter()
         cfg = self.config
-        dists, fixed = self._search_space(arguments)
+        try:
+            dists, fixed = self._search_space(arguments)
+        except ValueError as e:
+            _refuse(f"The search space cannot be built: {str(e).rstrip('.')}. Check hydra.sweeper.params and the command line: "
+                    "an interval(low, high) needs low < high (and low > 0 under tag(log, ...)), a choice(...) "
+                    "at least one value.")
         is_grid = isinstance(self.sampler_cfg, DictConfig) and \
             get_class(self.sampler_cfg._target_) is optuna.samplers.GridSampler
         grid = None
@@ -386,11 +403,11 @@ class SweepsOptunaSweeperImpl(Sweeper):
         study_name = self.study_name or OmegaConf.select(cfg, "hydra.runtime.choices.hparams_search") \
             or str(cfg.hydra.job.name)
         storage_url = self.storage or default_storage_url(cfg.hydra.runtime.cwd)
-        storage = open_storage(storage_url)
         sampler = self._sampler(grid)
         pruner = instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner()
         created = False
         try:
+            storage = open_storage(storage_url)
             study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                         directions=directions, load_if_exists=False)
             created = True
@@ -402,6 +419,11 @@ class SweepsOptunaSweeperImpl(Sweeper):
                           f"{directions}. Use another hydra.sweeper.study_name, or delete the study "
                           f"(optuna delete-study --study-name {study_name} --storage {storage_url}).")
                 sys.exit(2)
+        except Exception as e:  # noqa: BLE001 - any storage that cannot be opened is the user's to fix
+            _refuse(f"The Optuna storage hydra.sweeper.storage={storage_url} cannot be opened "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Check the URL, that the "
+                    "database server is up and its driver installed (e.g. psycopg2 for postgresql://), or leave "
+                    "hydra.sweeper.storage=null for the SQLite study in multirun/optuna.db.")
         self.study, self.study_name_, self.storage_url = study, study_name, str(storage_url)
         self.dists, self.fixed = dists, fixed
 
@@ -413,7 +435,10 @@ class SweepsOptunaSweeperImpl(Sweeper):
 
         if not self.is_worker and max_params is not None and not self.custom_search_space:
             self._check_feasible(dists, fixed, max_params)
-        self.parent_run_id = self.support.parent_run(study, study_name, created) if self.support.tracked else None
+        try:
+            self.parent_run_id = self.support.parent_run(study, study_name, created) if self.support.tracked else None
+        except ValueError as e:  # sweeps' ConfigError, e.g. an unreachable tracking server
+            _refuse(f"{str(e)[:1].upper()}{str(e)[1:]}")
 
         signal.signal(signal.SIGTERM, _on_sigterm)
         code = 0

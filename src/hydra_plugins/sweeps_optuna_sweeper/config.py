@@ -171,7 +171,9 @@ class SweepsOptunaSweeperConf:
     # https://optuna.readthedocs.io/en/stable/reference/samplers/index.html
     sampler: Any = MISSING
     # minimize / maximize, or a list of them for a multi-objective study.
-    direction: Any = Direction.minimize
+    # null: follow the task's ``objective`` (maximize accuracies, minimize losses and
+    # parameter counts), or minimize as the stock plugin does when there is none.
+    direction: Any = None
     # null: SQLite at <original cwd>/multirun/optuna.db. Any RDB URL, or
     # journal:///abs/path/file.log for Optuna's journal file storage.
     storage: Optional[Any] = None
