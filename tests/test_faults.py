@@ -75,3 +75,24 @@ def test_diverging_run_fails_at_the_step(project):
     assert run.info.status == "FAILED"
     assert "diverged at epoch 1 step" in run.data.tags["sweeps.reason"]
 
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_memory_fails_the_trial_and_frees_memory(project):
+    """A batch that cannot fit: the trial FAILs with the batch size named; the next one runs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    args = ["dataset=fake", "dataset.train_size=70000", "trainer.eval_batch_size=512", "trainer.epochs=1",
+            "trainer.progress=false", "trainer.precision=fp32", "model=resnet18_trunc", "tracking.experiment=oom",
+            "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1", "--multirun",
+            "hydra/sweeper=sweeps_optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0", "trainer.batch_size=choice(60000,64)"]
+    proc = run_module("sweeps.train", args, project, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {r.data.params["trainer.batch_size"]: r for r in mlflow_runs(project, "oom")
+            if "trainer.batch_size" in r.data.params}
+    assert runs["60000"].info.status == "FAILED"
+    assert "trainer.batch_size=60000" in runs["60000"].data.tags["sweeps.reason"]
+    assert runs["64"].info.status == "FINISHED"

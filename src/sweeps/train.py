@@ -6,6 +6,7 @@ budget is refused before any data is loaded or any compute is spent.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -29,6 +30,10 @@ from sweeps.tracking import TAG_STATE, RunRecorder, log_config_artifacts, overri
 from sweeps.trial_link import pruning_callback
 
 log = logging.getLogger("sweeps.train")
+
+
+class OutOfMemory(RuntimeError):
+    """The model and batch did not fit on the device (the trial fails; the sweep goes on)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -97,8 +102,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if prune is not None:
                 prune(m, result)
 
-        result, best_state = fit(cfg, model, train_batches, steps, val_batches, device, on_epoch_end,
-                                 checkpoint_dir=out_dir, loader_generator=generator)
+        out_of_memory = False
+        try:
+            result, best_state = fit(cfg, model, train_batches, steps, val_batches, device, on_epoch_end,
+                                     checkpoint_dir=out_dir, loader_generator=generator)
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # handled below, outside the except block, so its frames can be freed
+        if out_of_memory:
+            # Drop every reference to device memory before raising: in a sweep the
+            # exception outlives this frame, and the next trial needs the memory.
+            model = pipe = loader = generator = splits = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            raise OutOfMemory(
+                f"out of {device.type.upper()} memory training a {n_params:,}-parameter model at "
+                f"trainer.batch_size={t.batch_size} (precision {t.precision}); lower trainer.batch_size, "
+                "or use trainer.precision=bf16 on a GPU that supports it."
+            )
         model.load_state_dict(best_state)
         amp = autocast_dtype(str(t.precision), device)
         test_loss, test_acc, test_preds = evaluate(
