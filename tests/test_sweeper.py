@@ -111,7 +111,9 @@ def interrupt_mid_trial(root: Path, args: list[str], name: str, sig: int):
     proc = start(root, args)
     try:
         victim = wait_for(lambda: running_training(root, name), 150, "a trial to start training", proc)
-        time.sleep(1.0)
+        # Full epochs (limit_train_batches=null) keep the trial training for seconds
+        # even on an idle machine, so the signal lands mid-trial.
+        time.sleep(0.3)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=90)
     finally:
@@ -239,7 +241,7 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(prune_and_nan):
 
 @pytest.mark.slow
 def test_sigkilled_sweep_resumes_to_exactly_n_trials(tmp_path: Path):
-    args = sweep_args("killed", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=3", "trainer.epochs=6",
+    args = sweep_args("killed", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=3", "trainer.epochs=6", "trainer.limit_train_batches=null",
                       "optim.lr=choice(0.001,0.002,0.003)")
     proc, victim, _ = interrupt_mid_trial(tmp_path, args, "killed", signal.SIGKILL)
     assert study(tmp_path, "killed").trials[victim.number].state.name == "RUNNING"
@@ -258,7 +260,7 @@ def test_sigkilled_sweep_resumes_to_exactly_n_trials(tmp_path: Path):
 
 @pytest.mark.slow
 def test_sigint_marks_the_trial_interrupted_and_rerun_resumes(tmp_path: Path):
-    args = sweep_args("sigint", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "trainer.epochs=6",
+    args = sweep_args("sigint", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "trainer.epochs=6", "trainer.limit_train_batches=null",
                       "optim.lr=choice(0.001,0.002)")
     proc, victim, out = interrupt_mid_trial(tmp_path, args, "sigint", signal.SIGINT)
     assert proc.returncode == 130, out[-4000:]
