@@ -38,14 +38,16 @@ def _wait_for(proc, text, timeout=240):
 
 
 @pytest.mark.slow
-def test_sigterm_run_is_killed_then_resumes_to_the_same_result(project):
+@pytest.mark.parametrize("pipeline", ["device", "dataloader"])
+def test_sigterm_run_is_killed_then_resumes_to_the_same_result(project, pipeline):
     """SIGTERM is what SLURM sends on preemption; Ctrl-C takes the same path."""
-    ref = run_module("sweeps.train", LONGER + ["tracking.experiment=ref", f"hydra.run.dir={project}/ref"], project)
+    base = LONGER + [f"trainer.pipeline={pipeline}"]
+    ref = run_module("sweeps.train", base + ["tracking.experiment=ref", f"hydra.run.dir={project}/ref"], project)
     assert ref.returncode == 0, ref.stderr[-3000:]
     (ref_run,) = mlflow_runs(project, "ref")
 
     run_dir = project / "interrupted"
-    args = LONGER + ["tracking.experiment=cut", f"hydra.run.dir={run_dir}"]
+    args = base + ["tracking.experiment=cut", f"hydra.run.dir={run_dir}"]
     proc = _start(args, project)
     _wait_for(proc, "epoch 2:")
     proc.send_signal(signal.SIGTERM)

@@ -153,11 +153,10 @@ def build_pipeline(cfg: DictConfig, splits: Splits, device: torch.device, name: 
     from sweeps.data.loaders import eval_batches, train_loader
 
     train_tf, eval_tf = train_transform(cfg.augment, cfg.dataset), eval_transform(cfg.augment, cfg.dataset)
-    generator = torch.Generator().manual_seed(int(cfg.seed))
     loader = train_loader(splits.train, train_tf, int(t.batch_size), int(cfg.seed), int(t.num_workers))
-    loader.generator = generator
     eb = int(t.eval_batch_size)
-    return Pipeline(name, loader, generator,
+    # loader.generator is the one its RandomSampler shuffles with: checkpoint that one.
+    return Pipeline(name, loader, loader.generator,
                     lambda: eval_batches(splits.val, eval_tf, eb, limit),
                     lambda: eval_batches(splits.test, eval_tf, eb, limit))
 
