@@ -197,6 +197,3 @@ def overrides_run_name(overrides: list[str]) -> str:
     shown = [o for o in overrides if not o.lstrip("+~").startswith(("trial.", "hydra.", "tracking.", "paths."))]
     return ",".join(shown) or "defaults"
 
-
-def resolved_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml({k: cfg[k] for k in cfg if k not in ("hydra",)}, resolve=True)
