@@ -61,17 +61,10 @@ def _client(cfg: DictConfig):
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     if uri not in _READY and uri.startswith("sqlite:///"):
-        import fcntl
-        from pathlib import Path
+        from hydra_plugins.sweeps_optuna_sweeper.storage import sqlite_schema_lock
 
-        lock = Path(uri[len("sqlite:///"):]).with_suffix(".init.lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                client.search_experiments(max_results=1)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with sqlite_schema_lock(uri[len("sqlite:///"):]):
+            client.search_experiments(max_results=1)
     _READY.add(uri)
     return client
 

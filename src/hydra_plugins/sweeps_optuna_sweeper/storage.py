@@ -8,11 +8,32 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 JOURNAL_PREFIX = "journal://"
 SQLITE_TIMEOUT_S = 60
+
+
+@contextmanager
+def sqlite_schema_lock(db_path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite file while its schema is created.
+
+    Optuna and MLflow both create their tables (alembic migrations) on first
+    use; sweep processes starting together would race on that and fail with
+    "UNIQUE constraint failed: alembic_version".
+    """
+    lock = Path(db_path).with_suffix(".init.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def default_storage_url(root: str | Path) -> str:
@@ -32,10 +53,11 @@ def open_storage(url: Any) -> Any:
         path = url[len(JOURNAL_PREFIX):]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
-    engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if not path or path == ":memory:":
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with sqlite_schema_lock(path):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return optuna.storages.RDBStorage(url)
