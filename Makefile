@@ -6,14 +6,14 @@ BIN    := $(VENV)/bin
 PORT   ?= 5000
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo train ui clean
+.PHONY: install test test-fast demo train ui server clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,cluster]'
 	touch $(STAMP)
 
 test: install
@@ -39,6 +39,14 @@ train: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+
+# A tracking server for a lab (README: Running on a cluster): the backend store
+# from MLFLOW_BACKEND_STORE_URI (e.g. postgresql://mlflow:<password>@db/mlflow;
+# default: mlruns/mlflow.db), artifacts served from mlruns/server-artifacts.
+# HOST=0.0.0.0 to serve the whole lab network.
+HOST ?= 127.0.0.1
+server: install
+	$(BIN)/python -m sweeps.server --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

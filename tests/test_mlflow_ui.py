@@ -8,26 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import TINY, mlflow_runs, run_module
-
-HOST = "127.0.0.1"  # loopback only
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+from servers import HOST, free_port, stop_group, wait_healthy
 
 
 def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -42,36 +31,6 @@ def _post(url: str, body: dict, timeout: float = 10) -> dict:
         return json.loads(resp.read())
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            status, body = _get(f"{base}/health", timeout=2)
-            if status == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow server not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server we started: its own process group (gunicorn/uvicorn workers included)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_mlflow_server_serves_recorded_runs(tmp_path: Path):
     root = tmp_path
@@ -81,7 +40,7 @@ def test_mlflow_server_serves_recorded_runs(tmp_path: Path):
     expected = {r.info.run_id: r for r in mlflow_runs(root, "ui")}
     assert len(expected) == 1
 
-    port = _free_port()
+    port = free_port()
     base = f"http://{HOST}:{port}"
     log = tmp_path / "mlflow_server.log"
     db = root / "mlruns" / "mlflow.db"
@@ -95,7 +54,7 @@ def test_mlflow_server_serves_recorded_runs(tmp_path: Path):
         proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
-        _wait_healthy(base, proc, log)
+        wait_healthy(base, proc, log)
         exp = json.loads(_get(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
                               + urllib.parse.urlencode({"experiment_name": "ui"}))[1])
         exp_id = exp["experiment"]["experiment_id"]
@@ -128,5 +87,5 @@ def test_mlflow_server_serves_recorded_runs(tmp_path: Path):
         status, page = _get(f"{base}/", timeout=10)
         assert status == 200 and b"<html" in page.lower()
     finally:
-        _stop(proc)
+        stop_group(proc)
     assert proc.poll() is not None

@@ -21,6 +21,7 @@ class BudgetExceeded(ConfigError):
     def __init__(self, n_params: int, max_params: int, what: str = "the model"):
         self.n_params = n_params
         self.max_params = max_params
+        self.what = what
         super().__init__(
             f"{what} has {n_params:,} parameters, over the budget of "
             f"budget.max_params={max_params:,}; nothing was trained. Shrink the model "
@@ -28,6 +29,10 @@ class BudgetExceeded(ConfigError):
             f"the budget with budget.max_params={n_params} (or budget.max_params=null to "
             "disable it)."
         )
+
+    def __reduce__(self):
+        # Pickled back from a submitit job to the sweeper: rebuild from the numbers, not the message.
+        return (type(self), (self.n_params, self.max_params, self.what))
 
 
 class DataUnavailable(ConfigError):

@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra_plugins.sweeps_optuna_sweeper.storage import REDACTED, STORAGE_ENV, redact
+
 HEADER = "| Method | # of parameters | # of epochs | Train Accuracy | Validation Accuracy | Test Accuracy | Run |"
 ALIGN = "| :----: | :----: | :----: | :----: | :----: | :----: | :----: |"
 STATES = ("COMPLETE", "PRUNED", "INTERRUPTED", "RUNNING", "FAIL", "INFEASIBLE")
@@ -170,6 +172,8 @@ def target_from_dir(path: Path, uri_flag: str | None, storage_flag: str | None) 
     elif not uri:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (
             f"sqlite:///{Path(str(mlruns)).resolve() / 'mlflow.db'}" if mlruns else _default_store(root))
+    if storage and REDACTED in str(storage):  # the results file hides the password: take the URL from its env var
+        storage = os.environ.get(STORAGE_ENV)
     return Target(str(experiment), str(uri), path, str(study) if study else None,
                   storage_flag or (str(storage) if storage else None))
 
@@ -765,7 +769,7 @@ def build(sweeps: list[Sweep], out: Path, top_k: int = 5) -> Path:
             lines.extend(f"- {n}" for n in dict.fromkeys(sweep.notes))
             lines.append("")
     report = out / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n")
+    report.write_text(redact("\n".join(lines).rstrip() + "\n"))  # it is logged to the tracking server
     for sweep in sweeps:
         if sweep.parent_run_id:
             client = mlflow.MlflowClient(tracking_uri=sweep.tracking_uri)

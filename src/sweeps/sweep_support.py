@@ -57,7 +57,11 @@ def _client(cfg: DictConfig):
     under a file lock, so sweep processes starting together do not race on MLflow's migrations."""
     import mlflow
 
+    from sweeps.tracking import check_reachable
+
     uri = tracking_uri(cfg)
+    if uri not in _READY:
+        check_reachable(uri)  # a server that is down: a ConfigError in seconds, not MLflow's minutes of retries
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     if uri not in _READY and uri.startswith("sqlite:///"):
@@ -132,7 +136,7 @@ def mark_run_killed(cfg: DictConfig, run_id: str, reason: str) -> None:
     run = client.get_run(run_id)
     if run.info.status == "RUNNING":
         client.set_tag(run_id, TAG_STATE, "INTERRUPTED")
-        client.set_tag(run_id, TAG_REASON, reason)
+        client.set_tag(run_id, TAG_REASON, redact(reason))
         client.set_terminated(run_id, "KILLED")
 
 

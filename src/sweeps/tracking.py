@@ -1,19 +1,26 @@
 """MLflow bookkeeping for a run: store location, params, metrics, artifacts, status.
 
 Every run ends in a terminal status (FINISHED, FAILED or KILLED) whatever
-happens inside it, so the UI never shows a ghost RUNNING run.
+happens inside it, so the UI never shows a ghost RUNNING run. Nothing logged
+carries a password: params, tags, reasons and text artifacts go through
+``redact`` (a tracking server is often readable by a whole lab).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.sweeps_optuna_sweeper.storage import has_secret, redact
 from sweeps.config import flatten
 from sweeps.errors import ConfigError
 
@@ -134,9 +141,9 @@ class RunRecorder:
             mlflow.end_run("FINISHED")
             return False
         status, state = outcome(exc)
-        mlflow.set_tags({TAG_STATE: state, TAG_REASON: _reason(exc)[:5000]})
+        mlflow.set_tags({TAG_STATE: state, TAG_REASON: redact(_reason(exc))[:5000]})
         if state == "FAIL":
-            mlflow.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "traceback.txt")
+            mlflow.log_text(redact("".join(traceback.format_exception(exc_type, exc, tb))), "traceback.txt")
         mlflow.end_run(status)
         return False
 
@@ -156,16 +163,17 @@ class RunRecorder:
         if self.enabled:
             import mlflow
 
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+            mlflow.set_tags(_tags(tags))
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():
             import mlflow
 
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path)
-            else:
-                mlflow.log_artifact(str(path), artifact_path)
+            with without_secrets(path) as clean:
+                if clean.is_dir():
+                    mlflow.log_artifacts(str(clean), artifact_path)
+                else:
+                    mlflow.log_artifact(str(clean), artifact_path)
 
 
 def outcome(exc: BaseException) -> tuple[str, str]:
@@ -185,7 +193,39 @@ def _reason(exc: BaseException) -> str:
 
 
 def _param(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    if isinstance(value, str):
+        return redact(value)
+    return value if isinstance(value, (int, float, bool)) or value is None else redact(str(value))
+
+
+def _tags(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: redact(str(v)) for k, v in tags.items()}
+
+
+# Artifacts that are read as text (and so may quote a database URL).
+_TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".log", ".md", ".csv", ".cfg", ".ini"}
+
+
+@contextmanager
+def without_secrets(path: Path) -> Iterator[Path]:
+    """``path``, or a redacted copy of it when one of its text files holds a password.
+
+    A job's ``.hydra/`` files repeat its command line, where a user may have
+    typed ``hydra.sweeper.storage=postgresql://user:password@...``.
+    """
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    dirty = [f for f in files if f.suffix in _TEXT_SUFFIXES and has_secret(f.read_text(errors="replace"))]
+    if not dirty:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sweeps-redacted-") as tmp:
+        copy = Path(tmp) / path.name
+        if path.is_dir():
+            shutil.copytree(path, copy)
+        for f in dirty:
+            target = copy if path.is_file() else copy / f.relative_to(path)
+            target.write_text(redact(f.read_text(errors="replace")))
+        yield copy
 
 
 def log_config_artifacts(recorder: RunRecorder, output_dir: Path) -> None:

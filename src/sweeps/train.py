@@ -162,8 +162,12 @@ def objective_value(cfg: DictConfig, final: dict[str, float]) -> float | list[fl
     return float(final[str(cfg.objective)])
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | list[float]:
+def task(cfg: DictConfig) -> float | list[float]:
+    """The Hydra task: train one config and return its objective.
+
+    Kept undecorated under its own name so that launchers which pickle it
+    (submitit) find it by reference as ``sweeps.train.task``.
+    """
     signal.signal(signal.SIGTERM, _on_sigterm)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -181,6 +185,9 @@ def main(cfg: DictConfig) -> float | list[float]:
         sys.exit(130)
 
 
+main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(task)
+
+
 def cli() -> None:
     """Check the overrides' names first, then hand over to Hydra."""
     from sweeps.overrides import check_or_exit
@@ -190,4 +197,8 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    # Run the importable module, not this __main__ copy: launchers that pickle
+    # the task (submitit) must find it as sweeps.train.task in the job process.
+    from sweeps.train import cli as _cli
+
+    _cli()

@@ -84,7 +84,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import Direction
-from .storage import default_storage_url, open_storage
+from .storage import STORAGE_ENV, default_storage_url, has_secret, open_storage, redact
 
 log = logging.getLogger(__name__)
 
@@ -415,21 +415,21 @@ class SweepsOptunaSweeperImpl(Sweeper):
             study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
             have = [d.name.lower() for d in study.directions]
             if have != [d.lower() for d in directions]:
-                log.error(f"Study '{study_name}' in {storage_url} optimizes {have}, but this sweep asks for "
+                log.error(f"Study '{study_name}' in {redact(storage_url)} optimizes {have}, but this sweep asks for "
                           f"{directions}. Use another hydra.sweeper.study_name, or delete the study "
-                          f"(optuna delete-study --study-name {study_name} --storage {storage_url}).")
+                          f"(optuna delete-study --study-name {study_name} --storage {redact(storage_url)}).")
                 sys.exit(2)
         except Exception as e:  # noqa: BLE001 - any storage that cannot be opened is the user's to fix
-            _refuse(f"The Optuna storage hydra.sweeper.storage={storage_url} cannot be opened "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Check the URL, that the "
-                    "database server is up and its driver installed (e.g. psycopg2 for postgresql://), or leave "
+            _refuse(f"The Optuna storage hydra.sweeper.storage={redact(storage_url)} cannot be opened "
+                    f"({type(e).__name__}: {redact(str(e).splitlines()[0]) if str(e) else ''}). Check the URL, that the "
+                    "database server is up and its driver installed (e.g. psycopg for postgresql://: pip install -e .[cluster]), or leave "
                     "hydra.sweeper.storage=null for the SQLite study in multirun/optuna.db.")
         self.study, self.study_name_, self.storage_url = study, study_name, str(storage_url)
         self.dists, self.fixed = dists, fixed
 
         role = f"worker {self.worker_index}" if self.is_worker else "sweep"
         done = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
-        log.info(f"[{role}] study '{study_name}' in {storage_url}: {done}/{n_trials} trials done | "
+        log.info(f"[{role}] study '{study_name}' in {redact(storage_url)}: {done}/{n_trials} trials done | "
                  f"sampler {type(sampler).__name__} | pruner {type(pruner).__name__} | directions {directions}"
                  f" | n_jobs {self.n_jobs if not self.is_worker else 1}")
 
@@ -593,7 +593,14 @@ class SweepsOptunaSweeperImpl(Sweeper):
     def _trial_context(self, number: int) -> List[str]:
         if "trial" not in self.config:
             return []
-        ctx = [f"trial.study={_quote(self.study_name_)}", f"trial.storage={_quote(self.storage_url)}",
+        storage = self.storage_url
+        if has_secret(storage):
+            # The job reads the URL from the environment (inherited by local and
+            # submitit jobs; sbatch exports it), so no password lands in its
+            # overrides, its saved config or the launcher's log.
+            os.environ[STORAGE_ENV] = storage
+            storage = "${oc.env:" + STORAGE_ENV + "}"
+        ctx = [f"trial.study={_quote(self.study_name_)}", f"trial.storage={_quote(storage)}",
                f"trial.number={number}"]
         if self.parent_run_id:
             ctx.append(f"trial.parent_run_id={self.parent_run_id}")
@@ -618,15 +625,37 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 return
         job = tuple(overrides + self._trial_context(trial.number))
         log.info(f"trial {trial.number}: {' '.join(overrides)}")
+        self._pin_submitit_local_gpus()
         try:
             with _Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval):
                 ret = self.launcher.launch([job], initial_job_idx=trial.number)[0]
         except SystemExit as e:
             self._fail(trial, f"the job called sys.exit({e.code})")
             return
+        except Exception as e:  # noqa: BLE001 - e.g. submitit: sbatch refused the job, or its process died
+            text = redact(f"the launcher could not run the job ({type(e).__name__}: {e})")[:2000]
+            self._record_unstarted(trial, text)
+            self._fail(trial, text)
+            return
         finally:
             signal.signal(signal.SIGTERM, _on_sigterm)  # the job may have installed its own handler
         self._tell_result(trial, ret)
+
+    def _pin_submitit_local_gpus(self) -> None:
+        """Keep a worker's GPU for its submitit_local jobs.
+
+        submitit's local executor sets the job's CUDA_VISIBLE_DEVICES to GPUs
+        0..gpus_per_node-1 (its ``visible_gpus`` cannot be set through the
+        plugin), which would put every worker's trials on GPU 0; its ``setup``
+        commands run in the job's shell first, so they put the worker's GPU back.
+        """
+        params = getattr(self.launcher, "params", None)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if getattr(self.launcher, "_EXECUTOR", None) != "local" or not isinstance(params, dict):
+            return
+        ids = [x.strip() for x in visible.split(",") if x.strip()]
+        if ids and all(x.isdigit() for x in ids):
+            params["setup"] = [f"export CUDA_VISIBLE_DEVICES={','.join(ids)}"]
 
     def _precheck(self, trial: optuna.trial.Trial, overrides: List[str], run_name: str) -> Optional[str]:
         """Compose the trial's config and count its model: None when it may run."""
@@ -665,6 +694,19 @@ class SweepsOptunaSweeperImpl(Sweeper):
         except Exception as e:
             log.warning(f"trial {trial.number}: could not record the {state} run in MLflow ({e})")
 
+    def _record_unstarted(self, trial: optuna.trial.Trial, text: str) -> None:
+        """A failed job that never opened its MLflow run (a value validate() refused, a
+        submission the cluster refused) is recorded anyway, so every trial is a run."""
+        if MLFLOW_RUN in self.study._storage.get_trial(trial._trial_id).user_attrs:
+            return
+        overrides = list(trial.user_attrs.get(OVERRIDES, []))
+        try:
+            cfg = self.config_loader.load_sweep_config(self.config, overrides)
+        except Exception:  # noqa: BLE001 - _record falls back to the sweep's own config
+            cfg = None
+        self._record(trial, cfg, "FAIL", text, ",".join(overrides) or "defaults", overrides,
+                     trial.user_attrs.get(N_PARAMS))
+
     def _tell_result(self, trial: optuna.trial.Trial, ret: Any) -> None:
         n_obj = len(self.study.directions)
         if ret.status != JobStatus.COMPLETED:
@@ -684,16 +726,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
             text = str(exc) or type(exc).__name__
             if type(exc).__name__ not in ("Diverged",) and not isinstance(exc, ValueError):
                 text = f"{type(exc).__name__}: {text}"
-            if MLFLOW_RUN not in trial.user_attrs:
-                # The job failed before its MLflow run started (e.g. a value that
-                # validate() refused): record it anyway, so every trial is a run.
-                overrides = list(trial.user_attrs.get(OVERRIDES, []))
-                try:
-                    cfg = self.config_loader.load_sweep_config(self.config, overrides)
-                except Exception:  # noqa: BLE001 - _record falls back to the sweep's own config
-                    cfg = None
-                self._record(trial, cfg, "FAIL", text, ",".join(overrides) or "defaults", overrides,
-                             trial.user_attrs.get(N_PARAMS))
+            self._record_unstarted(trial, text)
             self._fail(trial, text)
             return
         value = ret._return_value
@@ -777,7 +810,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
             "surplus": sum(bool(t.user_attrs.get(SURPLUS)) for t in trials),
         }
         counted = sum(is_counted(t) for t in trials)
-        results: Dict[str, Any] = {"name": self.study_name_, "storage": self.storage_url,
+        results: Dict[str, Any] = {"name": self.study_name_, "storage": redact(self.storage_url),
                                    "n_trials": n_trials, "counted_trials": counted, "trials": count}
         best_value_text = "n/a"
         best: Optional[FrozenTrial] = None

@@ -174,9 +174,12 @@ class SweepsOptunaSweeperConf:
     # null: follow the task's ``objective`` (maximize accuracies, minimize losses and
     # parameter counts), or minimize as the stock plugin does when there is none.
     direction: Any = None
-    # null: SQLite at <original cwd>/multirun/optuna.db. Any RDB URL, or
-    # journal:///abs/path/file.log for Optuna's journal file storage.
-    storage: Optional[Any] = None
+    # null: SQLite at <original cwd>/multirun/optuna.db. Any RDB URL (e.g.
+    # postgresql://user:password@host/db), or journal:///abs/path/file.log for
+    # Optuna's journal file storage on a shared file system. By default it is read
+    # from the environment variable SWEEPS_OPTUNA_STORAGE, so that a URL with a
+    # password never sits in a config file or on the command line.
+    storage: Optional[Any] = "${oc.env:SWEEPS_OPTUNA_STORAGE,null}"
     # null: the hparams_search config name, else the task name.
     study_name: Optional[str] = None
     # Total trials of the study (COMPLETE + PRUNED + FAIL, interrupted ones excluded).

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,28 @@ from typing import Any
 
 JOURNAL_PREFIX = "journal://"
 SQLITE_TIMEOUT_S = 60
+# Where a database URL with a password lives, so that it is never written into a
+# committed config, a job's overrides, or anything logged: the sweeper reads its
+# default storage from it, and hands it to the trial jobs through it.
+STORAGE_ENV = "SWEEPS_OPTUNA_STORAGE"
+REDACTED = "***"
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*):(?P<secret>[^@/\s'\"]+)@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<secret>[^&\s'\"]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of a URL in it replaced by ``***``.
+
+    ``postgresql://sweeps:s3cret@db:5432/optuna`` becomes
+    ``postgresql://sweeps:***@db:5432/optuna``; ``?password=...`` is masked too.
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
+
+
+def has_secret(text: str) -> bool:
+    return redact(text) != text
 
 
 @contextmanager
