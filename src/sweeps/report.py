@@ -320,7 +320,8 @@ _STATUS_STATE = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "INTERRUPTE
 
 def row_from_run(client, run) -> Row:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    name = run.info.run_name or tags.get("mlflow.runName") or run.info.run_id
+    # A long name was cut to fit MLflow's 250 characters; the tag keeps every override.
+    name = tags.get("sweeps.overrides") or run.info.run_name or tags.get("mlflow.runName") or run.info.run_id
     state = tags.get("sweeps.state") or _STATUS_STATE.get(run.info.status, run.info.status)
     row = Row(run_name=name, run_id=run.info.run_id, trial=_int(tags.get("sweeps.trial")), state=state,
               reason=tags.get("sweeps.reason", ""), tokens=name_tokens(name))

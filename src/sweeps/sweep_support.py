@@ -21,7 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sweeps.tracking import TAG_REASON, TAG_STATE, _param, config_params, experiment_id, tracking_uri
+from hydra_plugins.sweeps_optuna_sweeper.storage import redact
+from sweeps.tracking import TAG_REASON, TAG_STATE, _param, config_params, experiment_id, named, tracking_uri
 
 TAG_STUDY = "sweeps.study"
 TAG_TRIAL = "sweeps.trial"
@@ -110,9 +111,10 @@ def record_refused(
 ) -> str:
     """A child run for a trial that was never launched (INFEASIBLE or unbuildable FAIL)."""
     client = _client(cfg)
-    tags = {TAG_STUDY: study_name, TAG_TRIAL: str(trial_number), TAG_STATE: state, TAG_REASON: reason[:5000]}
+    tags = {TAG_STUDY: study_name, TAG_TRIAL: str(trial_number), TAG_STATE: state, TAG_REASON: redact(reason)[:5000]}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    run_name, tags = named(run_name, tags)
     run = client.create_run(experiment_id(cfg), run_name=run_name, tags=tags)
     run_id = run.info.run_id
     try:

@@ -29,6 +29,24 @@ from sweeps.errors import ConfigError
 _NOT_PARAMS = ("paths", "trial", "tracking", "hydra")
 TAG_STATE = "sweeps.state"
 TAG_REASON = "sweeps.reason"
+# The whole override list of a run whose name had to be shortened.
+TAG_OVERRIDES = "sweeps.overrides"
+# MLflow stores run names in a VARCHAR(250): a database server (PostgreSQL)
+# refuses a longer one, where SQLite would have kept it.
+MAX_RUN_NAME = 250
+
+
+def named(run_name: str, tags: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(a run name MLflow can store, tags that keep the full one when it was cut).
+
+    The cut falls between overrides; the sweeper lists the searched ones first,
+    so they stay in the name.
+    """
+    if len(run_name) <= MAX_RUN_NAME:
+        return run_name, tags
+    head = run_name[:MAX_RUN_NAME - 4]
+    head = head[:head.rfind(",")] if "," in head else head
+    return head + ",...", {**tags, TAG_OVERRIDES: run_name[:5000]}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -117,13 +135,14 @@ class RunRecorder:
         exp = experiment_id(self.cfg)
         if self.run_id is not None:
             mlflow.start_run(run_id=self.run_id, log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
-            mlflow.set_tags(self.tags)
+            mlflow.set_tags(_tags(self.tags))
             return self
         parent = self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None
+        name, tags = named(self.run_name, self.tags)
         run = mlflow.start_run(
             experiment_id=exp,
-            run_name=self.run_name,
-            tags=self.tags,
+            run_name=name,
+            tags=_tags(tags),
             parent_run_id=parent or None,
             log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)),
         )
