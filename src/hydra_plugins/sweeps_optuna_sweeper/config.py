@@ -146,6 +146,18 @@ class HyperbandPrunerConfig(PrunerConfig):
 
 
 @dataclass
+class ThresholdPrunerConfig(PrunerConfig):
+    """Stops a trial whose reported value leaves [lower, upper], e.g. lower=0.2 drops trials
+    still near chance after n_warmup_steps epochs."""
+
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
 class DistributionConfig:
     """Deprecated ``search_space`` entries (stock plugin compatibility)."""
 
@@ -219,5 +231,6 @@ for name, node in {
     "median": MedianPrunerConfig,
     "successive_halving": SuccessiveHalvingPrunerConfig,
     "hyperband": HyperbandPrunerConfig,
+    "threshold": ThresholdPrunerConfig,
 }.items():
     cs.store(group="hydra/sweeper/pruner", name=name, node=node, provider=PROVIDER)

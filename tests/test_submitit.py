@@ -1,6 +1,9 @@
-"""`hydra/launcher=slurm` as far as this machine can go without SLURM: the real sweep
-submits through submitit to an `sbatch` on PATH that keeps the script it was
-given and refuses the job, as a cluster that is down would."""
+"""Trials launched through submitit (hydra/launcher=local and slurm) report to the
+sweeper as local ones do.
+
+`hydra/launcher=slurm` goes as far as this machine can without SLURM: the real
+sweep submits through submitit to an `sbatch` on PATH that keeps the script it
+was given and refuses the job, as a cluster that is down would."""
 
 from __future__ import annotations
 
@@ -51,3 +54,22 @@ def test_slurm_launcher_writes_the_batch_script_and_a_refused_submission_fails_t
     runs = [r for r in mlflow_runs(project, "slurm") if r.data.tags.get("sweeps.trial") == "0"]
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "Unable to contact slurm controller" in runs[0].data.tags["sweeps.reason"]
+
+
+def test_a_trial_run_by_submitit_local_is_pruned_as_a_local_one(project: Path):
+    """The job, a separate process, reports each epoch to the study and raises TrialPruned;
+    the sweeper gets it back through submitit's pickled result."""
+    res = run_module("sweeps.train", [
+        "--multirun", "hydra/sweeper=sweeps_optuna", "hydra/launcher=local", "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=1.01", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.study_name=pruned", "hydra.sweep.dir=multirun/pruned", "tracking.experiment=pruned",
+        "tracking.log_model=false", *TINY, "optim.lr=interval(0.001, 0.1)"], cwd=project,
+        env={"SWEEPS_OPTUNA_STORAGE": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    (trial,) = optuna.load_study(study_name="pruned",
+                                 storage=f"sqlite:///{project / 'multirun' / 'optuna.db'}").get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED, trial.user_attrs
+    assert list(trial.intermediate_values) == [1] and "pruned at epoch 1" in trial.user_attrs["reason"]
+    (run,) = [r for r in mlflow_runs(project, "pruned") if r.data.tags.get("sweeps.trial") == "0"]
+    assert run.info.status == "FINISHED" and run.data.tags["sweeps.state"] == "PRUNED"
+    assert (project / "multirun" / "pruned" / ".submitit").is_dir()  # it did go through submitit
