@@ -83,6 +83,17 @@ def test_bad_input_is_one_clear_paragraph(project, args, expected):
     assert all(r.info.status != "RUNNING" for r in mlflow_runs(project))
 
 
+def test_path_keys_pass_the_name_check():
+    """paths.* interpolate ${hydra:runtime.cwd}, which cannot resolve before Hydra runs: checking
+    their names must not resolve them (it ended in a traceback)."""
+    from sweeps.errors import ConfigError
+    from sweeps.overrides import check
+
+    check(["paths.mlruns=/tmp/elsewhere/mlruns", "paths.data=/tmp/elsewhere/data"])
+    with pytest.raises(ConfigError, match="Did you mean 'paths.mlruns'"):
+        check(["paths.mlrun=/tmp/elsewhere"])
+
+
 def test_cifar10_without_data_or_network_names_path_and_digits(project):
     proc = run_module("sweeps.train", TINY + ["dataset=cifar10"], project, timeout=200)
     assert proc.returncode != 0

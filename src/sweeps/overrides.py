@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from sweeps.errors import ConfigError, close_matches
 from sweeps.paths import CONF_DIR
@@ -79,7 +80,7 @@ def check(argv: Sequence[str], config_name: str = "train") -> list[str]:
                 raise ConfigError(str(e)) from None
         known = _leaf_keys(cfg)
         for key in keys:
-            if OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is _MISSING and key not in known:
+            if key not in known and not _selectable(cfg, key):
                 raise ConfigError(
                     f"'{key}' is not a key of the composed config.{close_matches(key, known)} "
                     f"Check the spelling against `python -m sweeps.train --cfg job`; to add a new key on "
@@ -89,6 +90,14 @@ def check(argv: Sequence[str], config_name: str = "train") -> list[str]:
 
 
 _MISSING = object()
+
+
+def _selectable(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` (e.g. a list index, model.channels.0) names a node of ``cfg``."""
+    try:
+        return OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is not _MISSING
+    except InterpolationResolutionError:
+        return True  # it exists; its value needs Hydra's runtime (e.g. ${hydra:runtime.cwd} in paths.*)
 
 
 def check_or_exit(argv: Sequence[str] | None = None) -> None:
