@@ -39,6 +39,7 @@ def _env() -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("SWEEPS_OPTUNA_WORKER", None)
+    env.pop("SWEEPS_OPTUNA_STORAGE", None)  # the default storage must be the test's own
     return env
 
 
@@ -276,13 +277,24 @@ def test_sigint_marks_the_trial_interrupted_and_rerun_resumes(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_two_sweep_processes_share_one_study(tmp_path: Path):
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_two_sweep_processes_share_one_study(tmp_path: Path, storage: str):
+    """Also on Optuna's journal file storage, the no-server option on a shared file system."""
+    journal = f"journal:///{tmp_path / 'shared-fs' / 'optuna.log'}"
     args = sweep_args("shared", "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=5",
-                      "optim.lr=interval(0.001,0.01)")
+                      "optim.lr=interval(0.001,0.01)", *([f"hydra.sweeper.storage='{journal}'"] if storage == "journal" else []))
     procs = [start(tmp_path, args + [f"hydra.sweeper.sampler.seed={i}"]) for i in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
-    trials = study(tmp_path, "shared").trials
+    if storage == "journal":
+        import optuna
+
+        from hydra_plugins.sweeps_optuna_sweeper.storage import open_storage
+
+        assert not (tmp_path / "multirun" / "optuna.db").exists()
+        trials = optuna.load_study(study_name="shared", storage=open_storage(journal)).trials
+    else:
+        trials = study(tmp_path, "shared").trials
     done = counted(trials)
     assert len(done) == 5 and all(t.state.name == "COMPLETE" for t in done)
     assert all(t.user_attrs.get("surplus") for t in trials if t not in done)
