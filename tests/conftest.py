@@ -49,3 +49,81 @@ def mlflow_runs(root: Path, experiment: str | None = None):
 def project(tmp_path: Path) -> Path:
     """An empty project root: outputs, multirun, mlruns and data land here."""
     return tmp_path
+
+
+# --------------------------------------------------------------------------- stores that must stay as they were
+
+# One sweep process, no worker: the cheapest sweep that records a trial and its runs.
+SWEEP = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_jobs=1", *TINY]
+GOOD_LR = "optim.lr=interval(0.001,0.1)"
+
+
+def stores(root: Path) -> dict:
+    """What the Optuna storage (multirun/optuna.db) and the MLflow store (mlruns/mlflow.db) hold.
+
+    Every study with its directions and trials (number, state, values, params, failure reason),
+    every experiment, every run (status, sweeps.state, end time, metrics). Read only; a store
+    that does not exist reads as empty.
+    """
+    import mlflow
+    import optuna
+
+    out: dict = {"studies": {}, "experiments": [], "runs": {}}
+    db = root / "multirun" / "optuna.db"
+    if db.exists():
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        try:
+            for s in storage.get_all_studies():
+                trials = storage.get_all_trials(s._study_id, deepcopy=False)
+                out["studies"][s.study_name] = (
+                    [d.name for d in s.directions],
+                    [(t.number, t.state.name, t.values, dict(t.params), t.user_attrs.get("fail_reason"))
+                     for t in trials],
+                )
+        finally:
+            storage.remove_session()
+            storage.engine.dispose()
+    if (root / "mlruns" / "mlflow.db").exists():
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+        out["experiments"] = sorted(e.name for e in client.search_experiments(view_type=mlflow.entities.ViewType.ALL))
+        out["runs"] = {r.info.run_id: (r.info.status, r.data.tags.get("sweeps.state"), r.info.end_time,
+                                       dict(r.data.metrics)) for r in mlflow_runs(root)}
+    return out
+
+
+def nothing_running(root: Path) -> None:
+    """No Optuna trial and no MLflow run is left RUNNING (or SCHEDULED)."""
+    s = stores(root)
+    for name, (_, trials) in s["studies"].items():
+        assert not [t for t in trials if t[1] in ("RUNNING", "WAITING")], (name, trials)
+    assert not [r for r in s["runs"].values() if r[0] in ("RUNNING", "SCHEDULED")], s["runs"]
+
+
+@pytest.fixture(scope="session")
+def recorded_sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """A project root whose stores hold one finished sweep: one COMPLETE trial, its run and the parent run.
+
+    Session-scoped: one sweep of one 1-epoch trial for every test that uses it; tests use
+    ``recorded_project``, a copy, in case what they check for goes wrong.
+    """
+    root = tmp_path_factory.mktemp("recorded")
+    quick = [a for a in SWEEP if not a.startswith("trainer.epochs=")] + [
+        "trainer.epochs=1", "augment=norm", "tracking.log_model=false", "tracking.log_figures=false"]
+    proc = run_module("sweeps.train", [*quick, "hydra.sweeper.n_trials=1", GOOD_LR], root, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    before = stores(root)
+    ((directions, trials),) = before["studies"].values()
+    assert [t[1] for t in trials] == ["COMPLETE"]
+    assert sorted(r[0] for r in before["runs"].values()) == ["FINISHED", "FINISHED"]  # the trial and its parent
+    return root, before
+
+
+@pytest.fixture
+def recorded_project(recorded_sweep, tmp_path) -> tuple[Path, dict]:
+    """A copy of ``recorded_sweep``'s project, and what its stores held."""
+    import shutil
+
+    root, before = recorded_sweep
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy)
+    return copy, before

@@ -11,7 +11,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import TINY, mlflow_runs, run_module
+from conftest import GOOD_LR, SWEEP, TINY, mlflow_runs, nothing_running, run_module, stores
 
 # Enough batches per epoch that a signal lands inside a later epoch.
 LONGER = [a for a in TINY if not a.startswith(("trainer.limit_train", "trainer.epochs"))] + ["trainer.epochs=4"]
@@ -76,6 +76,70 @@ def test_diverging_run_fails_at_the_step(project):
     (run,) = mlflow_runs(project, "div")
     assert run.info.status == "FAILED"
     assert "diverged at epoch 1 step" in run.data.tags["sweeps.reason"]
+
+
+DISK_CASES = {
+    "run-dir-under-a-file": (["hydra.run.dir={root}/a_file/run"],
+                             ["the run's output directory {root}/a_file/run (hydra.run.dir) cannot be created: "
+                              "{root}/a_file is a regular file", "point hydra.run.dir to a writable directory"]),
+    "run-dir-in-proc": (["hydra.run.dir=/proc/sweeps-run"],
+                        ["the run's output directory /proc/sweeps-run (hydra.run.dir) cannot be written: "
+                         "creating a file in /proc fails", "point hydra.run.dir to a writable directory"]),
+    "mlruns-under-a-file": (["paths.mlruns={root}/a_file/mlruns"],
+                            ["the MLflow store {root}/a_file/mlruns (paths.mlruns) cannot be created",
+                             "point paths.mlruns to a writable directory"]),
+    "data-under-a-file": (["paths.data={root}/a_file/data"],
+                          ["the data directory {root}/a_file/data (paths.data) cannot be created",
+                           "point paths.data to a writable directory"]),
+    "disk-full": (["paths.min_free_mb=100000000"],
+                  ["the run's output directory", "is on a disk with only", "MB free ({root})",
+                   "less than paths.min_free_mb=100000000", "free some space there"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DISK_CASES))
+def test_unwritable_dir_or_full_disk_stops_a_run_before_it_starts(recorded_project, case):
+    """Exit 2 and one paragraph naming the directory, before Hydra creates its output dir; the
+    stores (which hold an earlier sweep) are untouched. Root can write anywhere, so an unwritable
+    place is one under a regular file or in /proc, and a full disk is a minimum above the free space."""
+    root, before = recorded_project
+    (root / "a_file").write_text("a regular file, not a directory\n")
+    args, expected = ([a.format(root=root) for a in x] for x in DISK_CASES[case])
+    proc = run_module("sweeps.train", TINY + args, root, timeout=120)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    for fragment in expected:
+        assert fragment in last, last
+    assert not (root / "outputs").exists(), "the refused run created its output directory"
+    assert stores(root) == before
+    nothing_running(root)
+
+
+def test_full_disk_in_a_sweep_job_fails_that_trial_before_it_trains(recorded_project):
+    """The disk fills up during a sweep (here: the trial's own paths.min_free_mb is above the free
+    space, the sweep's is not): the job stops before its MLflow run opens; the trial is FAIL and its
+    run FAILED, both with the message; the earlier trial and run are untouched, nothing is RUNNING."""
+    root, before = recorded_project
+    proc = run_module("sweeps.train", SWEEP + ["hydra.sweeper.n_trials=2", GOOD_LR,
+                                               "paths.min_free_mb=choice(100000000)"], root, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 1), out[-3000:]  # 1: more failures than max_failure_rate allows
+    assert "Traceback" not in out, out[-3000:]
+    after = stores(root)
+    ((_, old_trials),) = before["studies"].values()
+    ((_, trials),) = after["studies"].values()
+    assert trials[:1] == old_trials
+    assert [t[1] for t in trials[1:]] == ["FAIL"], trials
+    assert "is on a disk with only" in trials[1][4] and "paths.min_free_mb=100000000" in trials[1][4]
+    new_runs = {k: v for k, v in after["runs"].items() if k not in before["runs"]}
+    ((status, state, _, metrics),) = new_runs.values()
+    assert (status, state) == ("FAILED", "FAIL") and "best_val_acc" not in metrics
+    for run_id, (old_status, old_state, _, old_metrics) in before["runs"].items():
+        assert after["runs"][run_id][:2] == (old_status, old_state)
+        assert after["runs"][run_id][3] == old_metrics
+    nothing_running(root)
 
 
 

@@ -26,6 +26,7 @@ from sweeps.engine import autocast_dtype, evaluate, fit, select_device, tta_view
 from sweeps.errors import ConfigError
 from sweeps.models import build_model, check_budget, count_parameters
 from sweeps.paths import CONF_DIR
+from sweeps.preflight import check_job
 from sweeps.tracking import TAG_STATE, RunRecorder, log_config_artifacts, overrides_run_name
 from sweeps.trial_link import pruning_callback
 
@@ -56,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    # Before the MLflow run opens: a full disk or an unwritable store ends here, in one paragraph.
+    check_job(cfg, out_dir, multirun=hc.mode == RunMode.MULTIRUN)
     tags = {}
     if cfg.trial.get("number") is not None:
         tags = {"sweeps.study": str(cfg.trial.study), "sweeps.trial": str(cfg.trial.number)}
