@@ -1,33 +1,85 @@
-"""Bad sweep input ends before any trial runs, with one paragraph and exit status 2."""
+"""Bad sweep input ends before any trial runs, with one paragraph and exit status 2.
+
+Every case runs in a copy of a project whose stores already hold a finished
+sweep (``recorded_project``), asks for one more trial than the study has, and
+checks that the Optuna storage and the MLflow store hold exactly what they held
+before: no new trial or run, nothing left RUNNING, no state or value changed.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, mlflow_runs, run_module
+from conftest import GOOD_LR, SWEEP, TINY, nothing_running, run_module, stores
+from hydra_plugins.sweeps_optuna_sweeper._impl import search_space_from_overrides
 
-SWEEP = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_trials=1", *TINY]
-CASES = [
-    (["optim.lr=interval(0.1,0.001)"], ["search space cannot be built", "low=0.1, high=0.001", "low < high"]),
-    (["optim.lr=interval(0.001,0.1)", "hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/x"],
-     ["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/x cannot be opened", "hydra.sweeper.storage=null"]),
-    (["optim.lr=interval(0.001,0.1)", "tracking.uri=http://127.0.0.1:9"],
-     ["tracking.uri=http://127.0.0.1:9 cannot be reached", "tracking.uri=null"]),
-]
+MORE = ["hydra.sweeper.n_trials=2"]  # one more than recorded: only the refusal keeps it from running
+CASES = {
+    "inverted-interval": (["optim.lr=interval(0.1,0.001)"],
+                          ["search space cannot be built", "optim.lr=interval(0.1,0.001) is inverted",
+                           "low=0.1, high=0.001", "low < high"]),
+    "empty-interval": (["optim.lr=interval(0.1,0.1)"],
+                       ["search space cannot be built", "optim.lr=interval(0.1,0.1) is an empty interval",
+                        "low=0.1, high=0.1", "fix the value with optim.lr=0.1"]),
+    "infeasible": (["budget.max_params=100", "optim.lr=choice(0.1,0.01)"],
+                   ["No point of the search space fits the parameter budget budget.max_params=100",
+                    "Nothing was launched"]),
+    "storage": ([GOOD_LR, "hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/x"],
+                ["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/x cannot be opened",
+                 "hydra.sweeper.storage=null"]),
+    "tracking-uri": ([GOOD_LR, "tracking.uri=http://127.0.0.1:9"],
+                     ["tracking.uri=http://127.0.0.1:9 cannot be reached", "tracking.uri=null"]),
+    "other-directions": ([GOOD_LR, "hydra.sweeper.direction=minimize"],
+                         ["Study 'train'", "optimizes ['maximize'], but this sweep asks for ['minimize']",
+                          "hydra.sweeper.study_name"]),
+    "sweep-dir-under-a-file": ([GOOD_LR, "hydra.sweep.dir={root}/a_file/sweep"],
+                               ["the sweep's output directory {root}/a_file/sweep (hydra.sweep.dir) cannot be "
+                                "created: {root}/a_file is a regular file", "point hydra.sweep.dir to"]),
+    "disk-full": ([GOOD_LR, "paths.min_free_mb=100000000"],
+                  ["the sweep's output directory", "is on a disk with only", "MB free",
+                   "less than paths.min_free_mb=100000000", "free some space there"]),
+}
 
 
-@pytest.mark.parametrize("args,expected", CASES, ids=["inverted-interval", "storage", "tracking-uri"])
-def test_sweep_input_errors(project, args, expected):
-    proc = run_module("sweeps.train", SWEEP + args, project, timeout=120)
+@pytest.mark.parametrize("case", list(CASES))
+def test_sweep_input_errors(recorded_project, case):
+    root, before = recorded_project
+    (root / "a_file").write_text("a regular file, not a directory\n")
+    args, expected = ([a.format(root=root) for a in x] for x in CASES[case])
+    proc = run_module("sweeps.train", SWEEP + MORE + args, root, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     for fragment in expected:
         assert fragment in out, out[-3000:]
-    assert not mlflow_runs(project) if (project / "mlruns" / "mlflow.db").exists() else True
+    assert stores(root) == before, "a refused sweep changed the Optuna storage or the MLflow store"
+    nothing_running(root)
 
 
-def test_unreachable_tracking_server_fails_fast(project):
-    proc = run_module("sweeps.train", [*TINY, "tracking.uri=http://127.0.0.1:9"], project, timeout=60)
+@pytest.mark.parametrize("override,expected", [
+    ("seed=tag(int, interval(3,3))", "seed=tag(int, interval(3,3)) is an empty interval (low=3, high=3)"),
+    ("trainer.epochs=interval(2,2)", "fix the value with trainer.epochs=2"),
+    ("seed=range(3,1)", "seed=range(3,1) lists no value"),
+    ("seed=shuffle(range(3,3))", "seed=shuffle(range(3,3)) lists no value"),
+    ("seed=tag(int, interval(1.5,4))", "needs whole-number bounds"),
+    ("optim.lr=tag(log, interval(0,1))", "optim.lr=tag(log, interval(0,1)): low > 0 must hold"),
+])
+def test_search_parameters_that_hold_no_range_are_refused(override, expected):
+    """In process (the sweep command turns the ValueError into the refusal above)."""
+    with pytest.raises(ValueError) as e:
+        search_space_from_overrides([override])
+    assert expected in str(e.value)
+
+
+def test_int_interval_searches_integers():
+    dists, _ = search_space_from_overrides(["seed=tag(int, interval(1,4))", "optim.lr=interval(1,4)"])
+    assert (type(dists["seed"]).__name__, dists["seed"].low, dists["seed"].high) == ("IntDistribution", 1, 4)
+    assert type(dists["optim.lr"]).__name__ == "FloatDistribution"
+
+
+def test_unreachable_tracking_server_fails_fast(recorded_project):
+    root, before = recorded_project
+    proc = run_module("sweeps.train", [*TINY, "tracking.uri=http://127.0.0.1:9"], root, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "tracking.uri=http://127.0.0.1:9 cannot be reached" in proc.stderr.strip().splitlines()[-1]
+    assert stores(root) == before

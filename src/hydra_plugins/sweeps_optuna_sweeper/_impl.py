@@ -124,22 +124,39 @@ def is_failure(t: FrozenTrial) -> bool:
 # --------------------------------------------------------------------------- search space
 
 
+def _num(x: Any) -> str:
+    """A bound as the user wrote it: 2 for 2.0, 0.001 for 0.001."""
+    return str(int(x)) if isinstance(x, (int, float)) and float(x).is_integer() else repr(x)
+
+
 def distribution_from_override(override: Override) -> Any:
-    """An Optuna distribution for a sweep override, or the fixed value's string."""
+    """An Optuna distribution for a sweep override, or the fixed value's string.
+
+    A search parameter must hold at least two values: an inverted or empty
+    ``interval(low, high)`` (low >= high) and a ``range(...)`` that lists no
+    value raise ValueError naming the override and the fix. ``tag(int,
+    interval(a, b))`` searches the integers a..b (Hydra parses interval bounds
+    as floats, so a bare interval is always a float distribution).
+    """
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
+    line, key = override.input_line, override.get_key_element()
     if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
+        if not choices:
+            raise ValueError(f"{line} lists no value: range(start, stop[, step]) stops before stop, so it needs "
+                             "start < stop for a positive step (start > stop for a negative one)")
         for x in choices:
             if not isinstance(x, (str, int, float, bool, type(None))):
-                raise ValueError(f"{override.input_line}: a choice must be str, int, float, bool or null; got {x!r}")
+                raise ValueError(f"{line}: a choice must be str, int, float, bool or null; got {x!r}")
         return CategoricalDistribution(choices)
     if override.is_range_sweep():
         # Hydra's range() excludes its stop: the distribution spans the values it lists.
         value = override.value()
         values = list(override.sweep_iterator())
         if not values:
-            raise ValueError(f"{override.input_line} is empty")
+            raise ValueError(f"{line} lists no value: range(start, stop[, step]) stops before stop, so it needs "
+                             "start < stop for a positive step (start > stop for a negative one)")
         low, high, step = min(values), max(values), abs(value.step)
         if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
             return FloatDistribution(float(low), float(high), step=float(step))
@@ -147,10 +164,27 @@ def distribution_from_override(override: Override) -> Any:
     if override.is_interval_sweep():
         value = override.value()
         is_log = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(int(value.start), int(value.end), log=is_log)
-        return FloatDistribution(float(value.start), float(value.end), log=is_log)
-    raise NotImplementedError(f"{override.input_line} is not supported by the sweeps_optuna sweeper")
+        low, high = value.start, value.end
+        is_int = "int" in value.tags or (isinstance(low, int) and isinstance(high, int))
+        if is_int:
+            if not (float(low).is_integer() and float(high).is_integer()):
+                raise ValueError(f"{line}: tag(int, interval(low, high)) needs whole-number bounds, got "
+                                 f"low={_num(low)}, high={_num(high)}")
+            low, high = int(low), int(high)
+        if low > high:
+            raise ValueError(f"{line} is inverted (low={_num(low)}, high={_num(high)}); write "
+                             f"interval({_num(high)}, {_num(low)})")
+        if low == high:
+            raise ValueError(f"{line} is an empty interval (low={_num(low)}, high={_num(high)}): it holds the "
+                             f"one value {_num(low)}, nothing to search; widen it to low < high, or fix the value "
+                             f"with {key}={_num(low)}")
+        try:
+            if is_int:
+                return IntDistribution(low, high, log=is_log)
+            return FloatDistribution(float(low), float(high), log=is_log)
+        except ValueError as e:  # e.g. low <= 0 under tag(log, ...)
+            raise ValueError(f"{line}: {str(e).replace('`', '')}") from None
+    raise NotImplementedError(f"{line} is not supported by the sweeps_optuna sweeper")
 
 
 def search_space_from_overrides(arguments: List[str]) -> Tuple[Dict[str, BaseDistribution], Dict[str, str]]:
