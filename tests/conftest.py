@@ -26,7 +26,8 @@ TINY = [
 
 
 def run_module(module: str, args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    inherited = {k: v for k, v in os.environ.items() if k != "SWEEPS_OPTUNA_STORAGE"}  # a developer's cluster study
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
