@@ -161,4 +161,12 @@ def test_gpu_out_of_memory_fails_the_trial_and_frees_memory(project):
             if "trainer.batch_size" in r.data.params}
     assert runs["60000"].info.status == "FAILED"
     assert "trainer.batch_size=60000" in runs["60000"].data.tags["sweeps.reason"]
+    assert "model=resnet18_trunc" in runs["60000"].data.tags["sweeps.reason"]
     assert runs["64"].info.status == "FINISHED"
+    import optuna
+
+    trials = optuna.load_study(study_name="train", storage=f"sqlite:///{project / 'multirun' / 'optuna.db'}").trials
+    by_batch = {t.params["trainer.batch_size"]: t for t in trials}
+    assert by_batch[60000].state == optuna.trial.TrialState.FAIL
+    assert "trainer.batch_size=60000" in by_batch[60000].user_attrs["fail_reason"]
+    assert by_batch[64].state == optuna.trial.TrialState.COMPLETE

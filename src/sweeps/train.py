@@ -17,7 +17,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeps.config import validate
 from sweeps.data import load_splits
@@ -117,8 +117,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             model = pipe = loader = generator = splits = None
             gc.collect()
             torch.cuda.empty_cache()
+            model_name = OmegaConf.select(hc, "runtime.choices.model", default=None) or cfg.model.get("_target_")
             raise OutOfMemory(
-                f"out of {device.type.upper()} memory training a {n_params:,}-parameter model at "
+                f"out of {device.type.upper()} memory training model={model_name} ({n_params:,} parameters) at "
                 f"trainer.batch_size={t.batch_size} (precision {t.precision}); lower trainer.batch_size, "
                 "or use trainer.precision=bf16 on a GPU that supports it."
             )
