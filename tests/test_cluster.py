@@ -160,9 +160,19 @@ def test_a_killed_sweep_process_loses_no_finished_trial(lab, tmp_path):
     env = {"SWEEPS_OPTUNA_STORAGE": url}
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     a = start(sweep_cmd(lab, study, n_trials, "multirun/a"), tmp_path, env, log_a)
-    b = start(sweep_cmd(lab, study, n_trials, "multirun/b"), tmp_path, env, log_b)
+    # b trains longer (its own fixed overrides; the study only holds the searched lr), so that
+    # it is surely mid-training when it is killed.
+    b = start(sweep_cmd(lab, study, n_trials, "multirun/b", "trainer.limit_train_batches=null", "trainer.epochs=20"),
+              tmp_path, env, log_b)
+    import mlflow
 
-    # Wait until a trial has finished and process b is in the middle of one.
+    client = mlflow.MlflowClient(tracking_uri=lab["tracking"])
+
+    def training(t) -> bool:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        return run.info.status == "RUNNING" and "val_acc" in run.data.metrics  # an epoch done, more to come
+
+    # Wait until a trial has finished and process b is in the middle of training one.
     deadline, victim = time.monotonic() + 240, None
     while time.monotonic() < deadline and victim is None:
         time.sleep(0.5)
@@ -175,7 +185,7 @@ def test_a_killed_sweep_process_loses_no_finished_trial(lab, tmp_path):
         finished = [t for t in trials if t.state == TrialState.COMPLETE]
         running_b = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("pid") in b_pids
                      and "mlflow_run_id" in t.user_attrs]
-        if finished and running_b:
+        if finished and running_b and training(running_b[0]):
             victim = running_b[0]
     assert victim is not None, "never saw a finished trial and a running one of process b"
     before = {t.number: t.value for t in finished}

@@ -259,6 +259,38 @@ def test_sigkilled_sweep_resumes_to_exactly_n_trials(tmp_path: Path):
     assert orphan.info.status == "KILLED"
 
 
+def test_a_trial_whose_job_ended_before_its_process_died_is_recorded_not_rerun(tmp_path: Path):
+    """The window between a job's end and the study's tell: the process dies there (state
+    written as it stands then: trial RUNNING, owner gone, MLflow run FINISHED). The re-run
+    takes the result from the MLflow run instead of training that point again."""
+    import sqlite3
+
+    args = sweep_args("ended", "hydra.sweeper.n_trials=1", "optim.lr=interval(0.001,0.01)")
+    r = train(tmp_path, args)
+    assert r.returncode == 0, show(r)
+    (done,) = study(tmp_path, "ended").trials
+    (run,) = [x for x in runs(tmp_path, "ended") if "sweeps.trial" in x.data.tags]
+    assert done.state.name == "COMPLETE" and run.info.status == "FINISHED"
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    db = sqlite3.connect(tmp_path / "multirun" / "optuna.db")
+    with db:
+        db.execute("UPDATE trials SET state='RUNNING', datetime_complete=NULL WHERE trial_id=?", (done._trial_id,))
+        db.execute("DELETE FROM trial_values WHERE trial_id=?", (done._trial_id,))
+        db.execute("UPDATE trial_user_attributes SET value_json=? WHERE trial_id=? AND key='pid'",
+                   (str(gone.pid), done._trial_id))
+    db.close()
+
+    r = train(tmp_path, args)
+    assert r.returncode == 0, show(r)
+    assert "its job had ended: recorded COMPLETE" in r.stdout + r.stderr, show(r)
+    (again,) = study(tmp_path, "ended").trials  # nothing new was asked or trained
+    assert again.state.name == "COMPLETE" and again.value == pytest.approx(run.data.metrics["best_val_acc"])
+    assert again.value == pytest.approx(done.value) and again.user_attrs["recovered"] is True
+    assert [x.info.run_id for x in runs(tmp_path, "ended") if "sweeps.trial" in x.data.tags] == [run.info.run_id]
+
+
 @pytest.mark.slow
 def test_sigint_marks_the_trial_interrupted_and_rerun_resumes(tmp_path: Path):
     args = sweep_args("sigint", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "trainer.epochs=6", "trainer.limit_train_batches=null",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from hydra_plugins.sweeps_optuna_sweeper.storage import redact
 from sweeps.tracking import TAG_REASON, TAG_STATE, _param, config_params, experiment_id, named, tracking_uri
@@ -140,6 +140,28 @@ def mark_run_killed(cfg: DictConfig, run_id: str, reason: str) -> None:
         client.set_tag(run_id, TAG_STATE, "INTERRUPTED")
         client.set_tag(run_id, TAG_REASON, redact(reason))
         client.set_terminated(run_id, "KILLED")
+
+
+def ended_run(cfg: DictConfig, run_id: str) -> tuple[str, list[float] | None, str] | None:
+    """What a trial's training run recorded before its sweep process died.
+
+    (state, objective values, reason) when the run ended COMPLETE, PRUNED or
+    FAIL; None while it is RUNNING or was killed. A process killed after its
+    job finished but before it told the study leaves exactly this behind.
+    """
+    run = _client(cfg).get_run(run_id)
+    status, state = run.info.status, run.data.tags.get(TAG_STATE)
+    reason = run.data.tags.get(TAG_REASON, "")
+    if status == "FINISHED" and state == "COMPLETE":
+        names = [str(n) for n in cfg.objective] if isinstance(cfg.objective, ListConfig) else [str(cfg.objective)]
+        if all(n in run.data.metrics for n in names):
+            return "COMPLETE", [float(run.data.metrics[n]) for n in names], ""
+        return None
+    if status == "FINISHED" and state == "PRUNED":
+        return "PRUNED", None, reason
+    if status == "FAILED":
+        return "FAIL", None, reason
+    return None
 
 
 def run_state(cfg: DictConfig, run_id: str) -> Any:

@@ -25,7 +25,9 @@ Stale trials
     ``heartbeat_interval`` seconds, a ``heartbeat`` time. Before each ask a
     worker marks FAIL (``interrupted=True``) and re-enqueues every RUNNING
     trial whose process on this host is gone, or whose heartbeat is older
-    than 4 intervals (other hosts).
+    than 4 intervals (other hosts). A stale trial whose job had already ended
+    (its MLflow run FINISHED with the objective, PRUNED or FAILED) is recorded
+    with that outcome instead (``recovered=True``) and does not run again.
 
 Workers
     ``n_jobs`` is the number of worker processes. The sweep process starts
@@ -94,7 +96,7 @@ STALE_HEARTBEATS = 4
 RESULTS_FILE = "optimization_results.yaml"
 
 # Trial user attrs.
-INTERRUPTED, SURPLUS, INFEASIBLE = "interrupted", "surplus", "infeasible"
+INTERRUPTED, SURPLUS, INFEASIBLE, RECOVERED = "interrupted", "surplus", "infeasible", "recovered"
 FAIL_REASON, REASON, N_PARAMS = "fail_reason", "reason", "n_params"
 HOST, PID, PID_START, HEARTBEAT = "host", "pid", "pid_start", "heartbeat"
 OVERRIDES, MLFLOW_RUN = "overrides", "mlflow_run_id"
@@ -589,6 +591,9 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 stale = grace is not None and beat is not None and now - beat > grace
             if not stale:
                 continue
+            run_id = ua.get(MLFLOW_RUN)
+            if run_id and self.support.tracked and self._recover(t, run_id):
+                continue
             try:
                 study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
                 study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "its process is gone (killed)")
@@ -599,9 +604,32 @@ class SweepsOptunaSweeperImpl(Sweeper):
             study.enqueue_trial(dict(t.params))
             log.warning(f"trial {t.number} was left RUNNING by a process that is gone "
                         f"({ua.get(HOST)}:{ua.get(PID)}): marked FAIL (interrupted) and queued again")
-            run_id = ua.get(MLFLOW_RUN)
             if run_id and self.support.tracked:
                 self.support.mark_killed(run_id, f"process {ua.get(HOST)}:{ua.get(PID)} was killed")
+
+    def _recover(self, t: FrozenTrial, run_id: str) -> bool:
+        """Record an orphaned trial whose job had ended (its process died before telling
+        the study) with the outcome its MLflow run holds, instead of running it again."""
+        ended = self.support.ended_run(run_id)
+        if ended is None:
+            return False
+        state, values, reason = ended
+        if state == "COMPLETE" and (values is None or len(values) != len(self.study.directions)):
+            return False
+        storage = self.study._storage
+        try:
+            storage.set_trial_user_attr(t._trial_id, RECOVERED, True)
+            if reason:
+                storage.set_trial_user_attr(t._trial_id, FAIL_REASON if state == "FAIL" else REASON, reason[:2000])
+            storage.set_trial_state_values(t._trial_id, TrialState[state], values)
+        except Exception as e:  # another process got there first
+            log.debug(f"trial {t.number}: not recovered here ({e})")
+            return True
+        log.warning(f"trial {t.number} was left RUNNING by a process that is gone ({t.user_attrs.get(HOST)}:"
+                    f"{t.user_attrs.get(PID)}), but its job had ended: recorded {state}"
+                    + (f" {values if len(values) > 1 else values[0]}" if values else "")
+                    + f" from MLflow run {run_id}")
+        return True
 
     def _tell(self, trial: optuna.trial.Trial, state: TrialState, values: Optional[List[float]] = None) -> None:
         try:

@@ -47,6 +47,14 @@ class Support:
         log.info(f"MLflow parent run {run_id} (experiment '{self.cfg.tracking.experiment}')")
         return run_id
 
+    def ended_run(self, run_id: str) -> Optional[tuple]:
+        """(state, values, reason) that the trial's MLflow run ended with, or None."""
+        try:
+            return self.mod.ended_run(self.cfg, run_id)
+        except Exception as e:  # noqa: BLE001 - unknown: treat the trial as interrupted
+            log.warning(f"could not read MLflow run {run_id} ({e})")
+            return None
+
     def record_refused(self, cfg: DictConfig, **kwargs: Any) -> str:
         return self.mod.record_refused(cfg, **kwargs)
 
