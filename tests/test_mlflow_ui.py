@@ -89,3 +89,13 @@ def test_mlflow_server_serves_recorded_runs(tmp_path: Path):
     finally:
         stop_group(proc)
     assert proc.poll() is not None
+
+
+def test_server_refuses_an_unreachable_backend_store_without_showing_its_password(tmp_path: Path):
+    """`make server` with a wrong MLFLOW_BACKEND_STORE_URI: one paragraph, exit 2, password masked."""
+    port = free_port()  # nothing listens there
+    res = run_module("sweeps.server", ["--port", str(free_port())], cwd=tmp_path,
+                     env={"MLFLOW_BACKEND_STORE_URI": f"postgresql://mlflow:s3cret-pw@{HOST}:{port}/mlflow"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "cannot be reached" in res.stderr and f"postgresql://mlflow:***@{HOST}:{port}/mlflow" in res.stderr
+    assert "s3cret-pw" not in res.stdout + res.stderr and "Traceback" not in res.stderr

@@ -25,6 +25,11 @@ from hydra_plugins.sweeps_optuna_sweeper.storage import redact
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
 
 
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)  # a user error, like every other entrypoint's
+
+
 def _check_database(url: str) -> None:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -38,13 +43,13 @@ def _check_database(url: str) -> None:
             pass
         engine.dispose()
     except ModuleNotFoundError as e:
-        raise SystemExit(f"error: the database driver for {redact(url)} is not installed ({e}). Install the "
-                         "cluster extras (pip install -e '.[cluster]', which brings psycopg for postgresql://).")
+        _refuse(f"the database driver for {redact(url)} is not installed ({e}). Install the cluster extras "
+                "(pip install -e '.[cluster]', which brings psycopg for postgresql://).")
     except Exception as e:  # noqa: BLE001 - any failure to connect is the user's to fix
         first = redact(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
-        raise SystemExit(f"error: the MLflow backend store {BACKEND_ENV}={redact(url)} cannot be reached ({first}). "
-                         "Check the host, port, database name, user and password, and that the database server "
-                         "is up; create the database first (createdb mlflow).")
+        _refuse(f"the MLflow backend store {BACKEND_ENV}={redact(url)} cannot be reached ({first}). Check the host, "
+                "port, database name, user and password, and that the database server is up; create the database "
+                "first (createdb mlflow).")
 
 
 def main(argv: list[str] | None = None) -> None:
