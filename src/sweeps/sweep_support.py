@@ -17,8 +17,6 @@ sweeper refuses without launching are recorded here:
 
 from __future__ import annotations
 
-from typing import Any
-
 from omegaconf import DictConfig, ListConfig
 
 from hydra_plugins.sweeps_optuna_sweeper.storage import redact
@@ -162,7 +160,3 @@ def ended_run(cfg: DictConfig, run_id: str) -> tuple[str, list[float] | None, st
     if status == "FAILED":
         return "FAIL", None, reason
     return None
-
-
-def run_state(cfg: DictConfig, run_id: str) -> Any:
-    return _client(cfg).get_run(run_id).info.status
