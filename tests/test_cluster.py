@@ -109,6 +109,23 @@ def assert_no_password(lab: dict, client, runs, tmp: Path) -> None:
                 assert password.encode() not in f.read_bytes(), f"run {run.info.run_id}: artifact {f.relative_to(dst)}"
 
 
+def test_processes_opening_an_empty_database_together_all_get_the_study_storage(lab, tmp_path):
+    """Sweeps on several hosts that start at once all run Optuna's CREATE TABLEs on an empty
+    database; the losers of that race must open the schema the winner made, not give up."""
+    url = lab["pg"].create_database("race")
+    go = tmp_path / "go"
+    code = ("import os, sys, time\n"
+            "from hydra_plugins.sweeps_optuna_sweeper.storage import open_storage\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
+            "open_storage(sys.argv[1])\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(6)]
+    time.sleep(4)  # every process has imported Optuna and waits for the signal
+    go.touch()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(o[-1500:] for o in outs if o)
+
+
 def test_two_sweep_processes_share_one_postgres_study_and_mlflow_server(lab, tmp_path):
     """Two sweeps (one reads the URL from the env var, one was given it on the command line) run
     exactly n_trials trials of one study together, none twice; each trial is one run on the server."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,4 +84,24 @@ def open_storage(url: Any) -> Any:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         with sqlite_schema_lock(path):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    return optuna.storages.RDBStorage(url)
+    return _rdb_storage_created_once(url)
+
+
+def _rdb_storage_created_once(url: str, attempts: int = 5) -> Any:
+    """RDBStorage on a database server, tolerating another process creating its schema.
+
+    Sweep processes on several hosts that start together on an empty database
+    all run Optuna's CREATE TABLE statements; all but one fail on a duplicate
+    table or type (PostgreSQL: UniqueViolation on pg_type). By then the schema
+    exists, so opening it again succeeds. A file lock cannot span hosts.
+    """
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
