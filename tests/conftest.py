@@ -25,12 +25,23 @@ TINY = [
 ]
 
 
-def run_module(module: str, args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(module: str, args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
+               address_space_mb: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m module args`` in ``cwd``; ``address_space_mb`` caps its memory (RLIMIT_AS), so that
+    a big enough allocation really fails, as on a full GPU."""
     inherited = {k: v for k, v in os.environ.items() if k != "SWEEPS_OPTUNA_STORAGE"}  # a developer's cluster study
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
+
+    def cap_memory():
+        import resource
+
+        limit = address_space_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+        preexec_fn=cap_memory if address_space_mb else None,
     )
 
 

@@ -143,30 +143,69 @@ def test_full_disk_in_a_sweep_job_fails_that_trial_before_it_trains(recorded_pro
 
 
 
+# Two trials, the one that cannot fit first (the grid sampler's order for this seed; asserted below).
+OOM_SWEEP = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1",
+             "hydra.sweeper.n_jobs=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0",
+             "trainer.epochs=1", "trainer.progress=false", "trainer.limit_train_batches=1",
+             "trainer.limit_eval_batches=1", "tracking.experiment=oom"]
+
+
+def _assert_oom_then_normal(project, big: int, small: int, model: str):
+    """Both stores: the big batch FAILed naming batch size and model, then the small one ran normally."""
+    import optuna
+
+    runs = {r.data.params["trainer.batch_size"]: r for r in mlflow_runs(project, "oom")
+            if "trainer.batch_size" in r.data.params}
+    assert runs[str(big)].info.status == "FAILED"
+    reason = runs[str(big)].data.tags["sweeps.reason"]
+    assert f"trainer.batch_size={big}" in reason and f"model={model}" in reason and "memory" in reason, reason
+    assert runs[str(small)].info.status == "FINISHED"
+    assert "test_acc" in runs[str(small)].data.metrics
+    trials = optuna.load_study(study_name="train", storage=f"sqlite:///{project / 'multirun' / 'optuna.db'}").trials
+    by_batch = {t.params["trainer.batch_size"]: t for t in trials}
+    assert by_batch[big].number < by_batch[small].number, "the trial that ran out of memory must come first"
+    assert by_batch[big].state == optuna.trial.TrialState.FAIL
+    assert f"trainer.batch_size={big}" in by_batch[big].user_attrs["fail_reason"]
+    assert by_batch[small].state == optuna.trial.TrialState.COMPLETE
+    assert by_batch[small].value == runs[str(small)].data.metrics["best_val_acc"]
+    nothing_running(project)
+
+
+# The process may map this much memory; 20,000 CIFAR-size images through the stem alone need more.
+CPU_CAP_MB = 6000
+FAKE_20K = ["dataset=fake", "dataset.train_size=25000", "dataset.test_size=1000"]
+TINY_MODEL = [a for a in TINY if a.startswith("model.")]
+
+
+def test_cpu_out_of_memory_fails_the_trial_and_the_next_one_runs(project):
+    """A real allocation failure (the process's memory capped): FAIL with batch size and model; the sweep goes on."""
+    args = [*OOM_SWEEP, *FAKE_20K, *TINY_MODEL, "trainer.batch_size=choice(20000,64)"]
+    proc = run_module("sweeps.train", args, project, timeout=300, address_space_mb=CPU_CAP_MB)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_oom_then_normal(project, 20000, 64, "resnet18_trunc")
+
+
+def test_out_of_memory_in_a_single_run_is_one_paragraph(project):
+    args = [*FAKE_20K, *TINY_MODEL, "trainer.batch_size=20000", "trainer.epochs=1", "trainer.progress=false",
+            "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1"]
+    proc = run_module("sweeps.train", args, project, timeout=300, address_space_mb=CPU_CAP_MB)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: out of CPU memory training model=resnet18_trunc" in proc.stderr
+    assert "lower trainer.batch_size" in proc.stderr
+    (run,) = mlflow_runs(project)
+    assert run.info.status == "FAILED" and "trainer.batch_size=20000" in run.data.tags["sweeps.reason"]
+
+
 @pytest.mark.gpu
 def test_gpu_out_of_memory_fails_the_trial_and_frees_memory(project):
-    """A batch that cannot fit: the trial FAILs with the batch size named; the next one runs."""
+    """A batch that cannot fit on the GPU: the trial FAILs with the batch size named; the next one runs."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    args = ["dataset=fake", "dataset.train_size=70000", "trainer.eval_batch_size=512", "trainer.epochs=1",
-            "trainer.progress=false", "trainer.precision=fp32", "model=resnet18_trunc", "tracking.experiment=oom",
-            "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1", "--multirun",
-            "hydra/sweeper=sweeps_optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_jobs=1",
-            "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0", "trainer.batch_size=choice(60000,64)"]
+    args = [*OOM_SWEEP, "dataset=fake", "dataset.train_size=70000", "trainer.eval_batch_size=512",
+            "trainer.precision=fp32", "model=resnet18_trunc", "trainer.batch_size=choice(60000,64)"]
     proc = run_module("sweeps.train", args, project, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = {r.data.params["trainer.batch_size"]: r for r in mlflow_runs(project, "oom")
-            if "trainer.batch_size" in r.data.params}
-    assert runs["60000"].info.status == "FAILED"
-    assert "trainer.batch_size=60000" in runs["60000"].data.tags["sweeps.reason"]
-    assert "model=resnet18_trunc" in runs["60000"].data.tags["sweeps.reason"]
-    assert runs["64"].info.status == "FINISHED"
-    import optuna
-
-    trials = optuna.load_study(study_name="train", storage=f"sqlite:///{project / 'multirun' / 'optuna.db'}").trials
-    by_batch = {t.params["trainer.batch_size"]: t for t in trials}
-    assert by_batch[60000].state == optuna.trial.TrialState.FAIL
-    assert "trainer.batch_size=60000" in by_batch[60000].user_attrs["fail_reason"]
-    assert by_batch[64].state == optuna.trial.TrialState.COMPLETE
+    _assert_oom_then_normal(project, 60000, 64, "resnet18_trunc")

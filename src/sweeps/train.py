@@ -37,6 +37,15 @@ class OutOfMemory(RuntimeError):
     """The model and batch did not fit on the device (the trial fails; the sweep goes on)."""
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises ``torch.OutOfMemoryError``; the CPU allocator a plain RuntimeError.
+
+    Both mean the same to a sweep: this batch size does not fit this model here.
+    """
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error))
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM (e.g. SLURM preemption), handled like Ctrl-C."""
 
@@ -106,10 +115,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 prune(m, result)
 
         out_of_memory = False
+        amp = autocast_dtype(str(t.precision), device)
         try:
             result, best_state = fit(cfg, model, train_batches, steps, val_batches, device, on_epoch_end,
                                      checkpoint_dir=out_dir, loader_generator=generator)
-        except torch.OutOfMemoryError:
+            model.load_state_dict(best_state)
+            test_loss, test_acc, test_preds = evaluate(
+                model, pipe.test_batches(),
+                device, amp, tta_views(t), keep_preds=True)
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(e):
+                raise
             out_of_memory = True  # handled below, outside the except block, so its frames can be freed
         if out_of_memory:
             # Drop every reference to device memory before raising: in a sweep the
@@ -120,14 +136,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             model_name = OmegaConf.select(hc, "runtime.choices.model", default=None) or cfg.model.get("_target_")
             raise OutOfMemory(
                 f"out of {device.type.upper()} memory training model={model_name} ({n_params:,} parameters) at "
-                f"trainer.batch_size={t.batch_size} (precision {t.precision}); lower trainer.batch_size, "
-                "or use trainer.precision=bf16 on a GPU that supports it."
+                f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, "
+                f"{ {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(amp, 'fp32')}); lower trainer.batch_size (or trainer.eval_batch_size if it failed while "
+                "evaluating), or use trainer.precision=bf16 on a GPU that supports it."
             )
-        model.load_state_dict(best_state)
-        amp = autocast_dtype(str(t.precision), device)
-        test_loss, test_acc, test_preds = evaluate(
-            model, pipe.test_batches(),
-            device, amp, tta_views(t), keep_preds=True)
         final = {
             "best_val_acc": result.best_val_acc,
             "best_val_loss": result.best_val_loss,
@@ -181,6 +193,11 @@ def task(cfg: DictConfig) -> float | list[float]:
             raise  # the sweeper records the trial as failed (or refused) and goes on
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OutOfMemory as e:
+        if multirun:
+            raise  # the trial fails with this reason; the next one gets the memory back
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         if multirun:
             raise
