@@ -35,6 +35,18 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def select_or_none(cfg: Any, key: str) -> Any:
+    """``cfg.key``, or None where it is missing or cannot be resolved.
+
+    For code that only looks (pre-flight checks, reports): an unresolvable value
+    is the error of whoever uses it, reported there.
+    """
+    try:
+        return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def validate(cfg: DictConfig) -> None:
     epochs = _number(cfg, "trainer.epochs", int)
     _require(epochs is not None and epochs >= 1, f"trainer.epochs={epochs} must be at least 1; e.g. trainer.epochs=30.")

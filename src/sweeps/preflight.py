@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.sweeps_optuna_sweeper.storage import sqlite_path
+from sweeps.config import select_or_none as _select
 from sweeps.errors import ConfigError
 
 MIN_FREE_KEY = "paths.min_free_mb"
@@ -119,8 +121,7 @@ def check_places(places: list[Place], min_mb: float) -> None:
 def _local_path(uri: str) -> Path | None:
     """The file or directory behind a local store URI (SQLite, file:, a plain path); None when remote."""
     if uri.startswith("sqlite:"):
-        path = uri.split("///", 1)[1] if "///" in uri else ""
-        return None if not path or path == ":memory:" else Path(path)
+        return sqlite_path(uri)
     if uri.startswith("file:"):
         from urllib.parse import urlparse
 
@@ -128,13 +129,6 @@ def _local_path(uri: str) -> Path | None:
     if uri.startswith("journal://"):
         return Path(uri[len("journal://"):])
     return None if "://" in uri else Path(uri)
-
-
-def _select(cfg: DictConfig, key: str) -> Any:
-    try:
-        return OmegaConf.select(cfg, key, default=None)
-    except Exception:  # noqa: BLE001 - an unresolvable value is someone else's error to report
-        return None
 
 
 def store_places(cfg: DictConfig) -> list[Place]:

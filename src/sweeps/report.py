@@ -26,7 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.sweeps_optuna_sweeper.storage import REDACTED, STORAGE_ENV, redact
+from hydra_plugins.sweeps_optuna_sweeper.storage import REDACTED, STORAGE_ENV, default_storage_url, redact, sqlite_path
+from sweeps.config import select_or_none as _select
+from sweeps.tracking import local_store_uri
 
 HEADER = "| Method | # of parameters | # of epochs | Train Accuracy | Validation Accuracy | Test Accuracy | Run |"
 ALIGN = "| :----: | :----: | :----: | :----: | :----: | :----: | :----: |"
@@ -117,15 +119,6 @@ def _load_job_config(job: Path):
     return cfg
 
 
-def _select(cfg, key: str) -> Any:
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def _job_dirs(path: Path) -> list[Path]:
     if (path / ".hydra" / "config.yaml").is_file():
         return [path]
@@ -134,7 +127,7 @@ def _job_dirs(path: Path) -> list[Path]:
 
 
 def _default_store(root: Path) -> str:
-    return f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+    return local_store_uri(root / "mlruns")
 
 
 def target_from_dir(path: Path, uri_flag: str | None, storage_flag: str | None) -> Target | None:
@@ -171,7 +164,7 @@ def target_from_dir(path: Path, uri_flag: str | None, storage_flag: str | None) 
         uri = uri_flag
     elif not uri:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (
-            f"sqlite:///{Path(str(mlruns)).resolve() / 'mlflow.db'}" if mlruns else _default_store(root))
+            local_store_uri(str(mlruns)) if mlruns else _default_store(root))
     if storage and REDACTED in str(storage):  # the results file hides the password: take the URL from its env var
         storage = os.environ.get(STORAGE_ENV)
     return Target(str(experiment), str(uri), path, str(study) if study else None,
@@ -179,8 +172,8 @@ def target_from_dir(path: Path, uri_flag: str | None, storage_flag: str | None) 
 
 
 def _check_store(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         if not db.is_file():
             raise ReportError(
                 f"there is no MLflow store at {uri} (no file {db}). Run the report from the project "
@@ -243,7 +236,8 @@ def _open_study(name: str | None, storage: str | None, notes: list[str]):
 
             backend = JournalStorage(JournalFileBackend(str(path)))
         else:
-            if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+            db = sqlite_path(storage)
+            if db is not None and not db.is_file():
                 notes.append(f"Optuna storage {storage} not found; Optuna figures skipped.")
                 return None
             backend = storage
@@ -424,7 +418,7 @@ def load_sweeps(target: Target) -> list[Sweep]:
         elif study_name and target.storage is None and target.sweep_dir is None:
             default_db = Path.cwd() / "multirun" / "optuna.db"
             if default_db.is_file() and pid is not None:
-                sweep.study = _open_study(study_name, f"sqlite:///{default_db.resolve()}", sweep.notes)
+                sweep.study = _open_study(study_name, default_storage_url(Path.cwd()), sweep.notes)
         sweep.rows = [row_from_run(client, r) for r in members]
         _merge_trials(sweep)
         _objective(sweep, members + ([by_id[pid]] if pid in by_id else []))
@@ -676,8 +670,6 @@ def _optuna(kind: str, study, path: Path, objective: str) -> Path:
     from sweeps import plots
 
     if len(study.directions) > 1:
-        import optuna.visualization.matplotlib as ovm  # noqa: F401
-
         return _optuna_multi(kind, study, path, objective)
     return plots.optuna_figure(kind, study, path, target_name=objective)
 

@@ -20,7 +20,8 @@ import socket
 import sys
 from pathlib import Path
 
-from hydra_plugins.sweeps_optuna_sweeper.storage import redact
+from hydra_plugins.sweeps_optuna_sweeper.storage import redact, sqlite_path
+from sweeps.tracking import local_store_uri
 
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
 
@@ -31,8 +32,8 @@ def _refuse(message: str) -> None:
 
 
 def _check_database(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if sqlite_path(url) is not None:
+        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
         return
     import sqlalchemy
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
 
-    url = os.environ.get(BACKEND_ENV) or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}"
+    url = os.environ.get(BACKEND_ENV) or local_store_uri("mlruns")
     _check_database(url)
     artifacts = args.artifacts
     if "://" not in artifacts:

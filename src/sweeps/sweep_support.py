@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig
 
-from hydra_plugins.sweeps_optuna_sweeper.storage import redact
+from hydra_plugins.sweeps_optuna_sweeper.storage import redact, sqlite_path, sqlite_schema_lock
 from sweeps.tracking import TAG_REASON, TAG_STATE, _param, config_params, experiment_id, named, tracking_uri
 
 TAG_STUDY = "sweeps.study"
@@ -63,10 +63,8 @@ def _client(cfg: DictConfig):
         check_reachable(uri)  # a server that is down: a ConfigError in seconds, not MLflow's minutes of retries
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    if uri not in _READY and uri.startswith("sqlite:///"):
-        from hydra_plugins.sweeps_optuna_sweeper.storage import sqlite_schema_lock
-
-        with sqlite_schema_lock(uri[len("sqlite:///"):]):
+    if uri not in _READY and sqlite_path(uri) is not None:
+        with sqlite_schema_lock(sqlite_path(uri)):
             client.search_experiments(max_results=1)
     _READY.add(uri)
     return client

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hydra_plugins.sweeps_optuna_sweeper.storage import has_secret, redact
 from sweeps.config import flatten
@@ -57,7 +57,12 @@ def tracking_uri(cfg: DictConfig) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     mlruns = Path(cfg.paths.mlruns).resolve()
     mlruns.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{mlruns / 'mlflow.db'}"
+    return local_store_uri(mlruns)
+
+
+def local_store_uri(mlruns: str | Path) -> str:
+    """The project's own MLflow store: SQLite in ``mlruns/``, by absolute path (Hydra moves the cwd)."""
+    return f"sqlite:///{Path(mlruns).resolve() / 'mlflow.db'}"
 
 
 def artifact_location(cfg: DictConfig, experiment: str) -> str | None:

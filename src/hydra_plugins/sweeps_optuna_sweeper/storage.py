@@ -60,6 +60,18 @@ def sqlite_schema_lock(db_path: str | Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for another scheme or an in-memory database.
+
+    ``sqlite:///rel.db`` is relative, ``sqlite:////abs.db`` absolute: the path is what follows
+    the third slash, as SQLAlchemy reads it.
+    """
+    if not url.startswith("sqlite:"):
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def default_storage_url(root: str | Path) -> str:
     db = Path(root).resolve() / "multirun" / "optuna.db"
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -78,9 +90,9 @@ def open_storage(url: Any) -> Any:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+        path = sqlite_path(url)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        if not path or path == ":memory:":
+        if path is None:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         with sqlite_schema_lock(path):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
