@@ -47,3 +47,12 @@ def test_augment_rows_match_the_main_seed(composer):
     assert rows["norm_crop_flip_rotate"].rotate == 5
     cifar = composer(["dataset=cifar10"]).dataset
     assert list(cifar.mean) == [0.4914, 0.4822, 0.4465] and list(cifar.std) == [0.2023, 0.1994, 0.2010]
+
+
+def test_class_names_label_the_classes_or_are_refused(composer):
+    from sweeps.errors import ConfigError
+
+    cifar = composer(["dataset=cifar10"])
+    assert len(cifar.dataset.classes) == cifar.dataset.num_classes and cifar.dataset.classes[0] == "airplane"
+    with pytest.raises(ConfigError, match=r"dataset.classes has 2 names but dataset.num_classes=10"):
+        validate(composer(["dataset=digits", "+dataset.classes=[zero,one]"]))

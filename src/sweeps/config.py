@@ -70,6 +70,11 @@ def validate(cfg: DictConfig) -> None:
     _require(smoothing is None or 0 <= smoothing < 1, f"trainer.label_smoothing={smoothing} must lie in [0, 1).")
     max_params = _number(cfg, "budget.max_params", int)
     _require(max_params is None or max_params >= 1, f"budget.max_params={max_params} must be positive, or null to disable the budget.")
+    classes = OmegaConf.select(cfg, "dataset.classes")
+    n_classes = OmegaConf.select(cfg, "dataset.num_classes")
+    _require(classes is None or len(classes) == n_classes,
+             f"dataset.classes has {len(classes or [])} names but dataset.num_classes={n_classes}; give one name "
+             "per class in label order, or dataset.classes=null to number them.")
     objectives = cfg.objective if isinstance(cfg.objective, ListConfig) else [cfg.objective]
     for name in objectives:
         _require(name in OBJECTIVES, f"objective={name!r} is not a metric a run reports; use one of {list(OBJECTIVES)}.")

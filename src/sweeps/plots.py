@@ -97,7 +97,8 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
 
 
 def run_figures(history: Sequence[Any], y_true: Sequence[int] | None, y_pred: Sequence[int] | None,
-                num_classes: int, out_dir: Path, title: str | None = None) -> Path:
+                num_classes: int, out_dir: Path, title: str | None = None,
+                class_names: Sequence[str] | None = None) -> Path:
     """The figures of one finished run in ``out_dir``; never raises (a figure is not worth a run)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def run_figures(history: Sequence[Any], y_true: Sequence[int] | None, y_pred: Se
         try:
             n = min(len(y_true), len(y_pred))
             confusion_matrix(np.asarray(y_true)[:n], np.asarray(y_pred)[:n], num_classes,
-                             out_dir / "confusion_matrix.png")
+                             out_dir / "confusion_matrix.png", class_names=class_names)
         except Exception as e:  # noqa: BLE001
             log.warning(f"could not draw the confusion matrix: {type(e).__name__}: {e}")
     return out_dir

@@ -162,7 +162,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             from sweeps.plots import run_figures
 
             rec.log_artifacts(run_figures(result.history, splits.test.labels, test_preds,
-                                          int(cfg.dataset.num_classes), out_dir / "figures", run_name), "figures")
+                                          int(cfg.dataset.num_classes), out_dir / "figures", run_name,
+                                          class_names=cfg.dataset.get("classes")), "figures")
         # --- end figures ---
     log.info(
         f"done: {n_params:,} params | {result.epochs_run} epochs (best {result.best_epoch}) | "
