@@ -292,3 +292,38 @@ def test_pareto_front():
 
     pts = [(100, 0.5), (200, 0.7), (150, 0.4), (300, 0.69), (400, 0.9)]
     assert pareto_front(pts) == [0, 1, 4]
+
+
+def test_mark_pareto_front_drops_dominated_rows():
+    rows = [rpt.Row(run_name=n, values=v) for n, v in
+            [("a", [0.9, 100.0]), ("b", [0.8, 50.0]), ("c", [0.7, 80.0]), ("d", [0.9, 100.0]), ("e", [0.5, 50.0])]]
+    rows.append(rpt.Row(run_name="f", state="FAIL"))
+    rpt.mark_pareto_front(rows, [True, False])  # maximize accuracy, minimize parameters
+    assert [r.run_name for r in rows if r.pareto] == ["a", "b", "d"]  # c is beaten by b; e ties b on size only
+
+
+def test_multi_objective_sweep_and_its_pareto_report(tmp_path):
+    """A real grid sweep on two objectives: each trial has both values, and the report's
+    ◆ rows are exactly Optuna's best_trials."""
+    import optuna
+
+    args = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_jobs=1", "hydra/sweeper/sampler=grid",
+            *[a for a in TINY if not a.startswith("model.stem_channels")], "trainer.epochs=1",
+            "objective=[best_val_acc,n_params]", "hydra.sweeper.direction=[maximize,minimize]",
+            "tracking.experiment=mo", "hydra.sweeper.study_name=mo", "model.stem_channels=choice(4,8,16)"]
+    res = run_module("sweeps.train", args, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'multirun' / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(study.trials) == 3 and all(len(t.values) == 2 for t in study.trials)
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path, "mo") if "best_val_acc" in r.data.metrics}
+    for t in study.trials:
+        run = runs[t.user_attrs["mlflow_run_id"]]
+        assert t.values == [run.data.metrics["best_val_acc"], run.data.metrics["n_params"]]
+    res = run_module("sweeps.report", ["mo"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    md = (tmp_path / "reports" / "mo" / "report.md").read_text()
+    marked = {row[0].removeprefix("◆ ") for row in _table_rows(md) if row[0].startswith("◆ ")}
+    assert marked == {f"model.stem_channels={t.params['model.stem_channels']}" for t in study.best_trials}, md
+    assert "★" not in "".join(row[0] for row in _table_rows(md))  # no single best on two objectives
+    assert "`best_val_acc` (higher is better) and `n_params` (lower is better)" in md

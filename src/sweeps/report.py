@@ -65,6 +65,8 @@ class Row:
     tokens: dict[str, str] = field(default_factory=dict)
     label: str = ""
     best: bool = False
+    values: list[float | None] = field(default_factory=list)  # one per objective of a multi-objective sweep
+    pareto: bool = False
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Sweep:
     study: Any = None
     objective: str = "best_val_acc"
     maximize: bool = True
+    objectives: list[tuple[str, bool]] = field(default_factory=list)  # (metric, maximize); two or more: Pareto
     budget: int | None = None
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
@@ -458,26 +461,50 @@ def _merge_trials(sweep: Sweep) -> None:
 
 def _objective(sweep: Sweep, runs: list) -> None:
     params = next((r.data.params for r in runs if "objective" in r.data.params), {})
-    objective = str(params.get("objective", "best_val_acc"))
-    if objective.startswith("["):  # a multi-objective study: rank by the first one
-        objective = objective.strip("[]").split(",")[0].strip().strip("'\"")
+    names = [n.strip().strip("'\"") for n in str(params.get("objective", "best_val_acc")).strip("[]").split(",")]
+    directions = [d.name == "MAXIMIZE" for d in sweep.study.directions] if sweep.study is not None else []
+    if len(directions) != len(names):
+        directions = [n not in MINIMIZED for n in names]
+    sweep.objectives = list(zip(names, directions))
+    objective = names[0]  # a multi-objective study is ranked by its first objective, and its front marked
     sweep.objective = objective
-    sweep.maximize = objective not in MINIMIZED
+    sweep.maximize = directions[0]
     budget = next((r.data.params.get("budget.max_params") for r in runs if "budget.max_params" in r.data.params), None)
     sweep.budget = _int(budget)
     lookup = {"best_val_acc": "val_acc", "test_acc": "test_acc", "train_acc_at_best": "train_acc", "n_params": "n_params",
               "epochs_run": "epochs"}
     by_id = {r.info.run_id: r for r in runs}
+
+    def value(row: Row, name: str) -> float | None:
+        if name in lookup:
+            return getattr(row, lookup[name])
+        return _float(by_id[row.run_id].data.metrics.get(name)) if row.run_id in by_id else None
+
     for row in sweep.rows:
         if row.state != "COMPLETE":
             continue
-        if objective in lookup:
-            row.objective = getattr(row, lookup[objective])
-        elif row.run_id in by_id:
-            row.objective = _float(by_id[row.run_id].data.metrics.get(objective))
+        row.values = [value(row, name) for name, _ in sweep.objectives]
+        row.objective = row.values[0]
+    if len(sweep.objectives) > 1:
+        mark_pareto_front(sweep.rows, [maximize for _, maximize in sweep.objectives])
+
+
+def mark_pareto_front(rows: list[Row], maximize: list[bool]) -> None:
+    """``pareto`` on each complete row that no other complete row dominates: at least as good on
+    every objective and better on one (Optuna's ``best_trials``, recomputed from the runs)."""
+    scored = [(r, [v if up else -v for v, up in zip(r.values, maximize)]) for r in rows
+              if r.state == "COMPLETE" and r.values and None not in r.values]
+    for row, mine in scored:
+        row.pareto = not any(all(o >= m for o, m in zip(other, mine)) and other != mine for _, other in scored)
 
 
 # ------------------------------------------------------------ the tables
+
+
+def _objective_text(name: str, value: float) -> str:
+    if name == "n_params" or name == "epochs_run":
+        return f"{name} {int(value):,}"
+    return f"{name} {_pct(value)}%" if name.endswith("_acc") or name == "train_acc_at_best" else f"{name} {value:.4g}"
 
 
 def _sort_key(sweep: Sweep):
@@ -579,7 +606,7 @@ def state_text(row: Row, budget: int | None) -> str:
 def table(rows: list[Row], sweep: Sweep) -> list[str]:
     lines = [HEADER, ALIGN]
     for r in sorted(rows, key=_sort_key(sweep)):
-        method = f"**★ {r.label}**" if r.best else r.label
+        method = f"**★ {r.label}**" if r.best else (f"◆ {r.label}" if r.pareto else r.label)
         complete = r.state == "COMPLETE"
         val = _pct(r.val_acc) if r.val_acc is not None else "–"
         if r.best:
@@ -703,14 +730,17 @@ def build(sweeps: list[Sweep], out: Path, top_k: int = 5) -> Path:
     lines = ["# Sweep report", ""]
     lines.append(f"Generated {datetime.now():%Y-%m-%d %H:%M} by `python -m sweeps.report` from "
                  + ", ".join(f"`{u}`" for u in dict.fromkeys(s.tracking_uri for s in sweeps)) + ".")
-    lines.append("Accuracies in percent; the Run column is the MLflow run id; ★ marks the best complete run.")
+    lines.append("Accuracies in percent; the Run column is the MLflow run id; ★ marks the best complete run"
+                 + ("; ◆ a run on the Pareto front of a multi-objective sweep." if any(
+                     len(s.objectives) > 1 for s in sweeps) else "."))
     lines.append("")
     for sweep in sweeps:
         client = mlflow.MlflowClient(tracking_uri=sweep.tracking_uri)
         prefix = f"{_slug(sweep.title)}__" if many else ""
         label_rows(sweep.rows)
         ranked = sorted(sweep.rows, key=_sort_key(sweep))
-        best = next((r for r in ranked if r.state == "COMPLETE" and r.objective is not None), None)
+        multi = len(sweep.objectives) > 1
+        best = None if multi else next((r for r in ranked if r.state == "COMPLETE" and r.objective is not None), None)
         if best is not None:
             best.best = True
         axes = ablation_axes(sweep.rows)
@@ -728,6 +758,13 @@ def build(sweeps: list[Sweep], out: Path, top_k: int = 5) -> Path:
         lines.append(f"{len(sweep.rows)} runs: {summary}. Ranked by `{sweep.objective}` "
                      f"({'higher' if sweep.maximize else 'lower'} is better)"
                      + (f"; parameter budget {sweep.budget:,}." if sweep.budget else "."))
+        if multi:
+            front = [r for r in ranked if r.pareto]
+            goals = " and ".join(f"`{n}` ({'higher' if up else 'lower'} is better)" for n, up in sweep.objectives)
+            lines.append(f"Multi-objective: {goals}. ◆ marks the {len(front)} run(s) on the Pareto front, "
+                         "where no other complete run is at least as good on every objective and better on one: "
+                         + "; ".join(f"**{r.label}** ({', '.join(_objective_text(n, v) for (n, _), v in zip(sweep.objectives, r.values))})"
+                                     for r in front) + ".")
         if best is not None:
             lines.append(f"Best: **{best.label}**, validation {_pct(best.val_acc)}%, test {_pct(best.test_acc)}%, "
                          f"{best.n_params:,} parameters" if best.n_params is not None else
