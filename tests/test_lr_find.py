@@ -9,7 +9,8 @@ from conftest import TINY, run_module
 
 def test_lr_find_plots_and_suggests(project):
     out = project / "lr.png"
-    args = [a for a in TINY if not a.startswith("trainer.limit")] + ["--iters", "20", "--out", str(out)]
+    tiny = [a for a in TINY if not a.startswith("trainer.limit")]
+    args = tiny[:2] + ["--iters", "20", "--out", str(out)] + tiny[2:]  # overrides on both sides of the options
     proc = run_module("sweeps.lr_find", args, project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]

@@ -307,10 +307,12 @@ def test_multi_objective_sweep_and_its_pareto_report(tmp_path):
     ◆ rows are exactly Optuna's best_trials."""
     import optuna
 
-    args = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_jobs=1", "hydra/sweeper/sampler=grid",
+    # An override before --multirun: sweeps.train takes overrides on both sides of Hydra's flags.
+    args = ["tracking.experiment=mo", "--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_jobs=1",
+            "hydra/sweeper/sampler=grid",
             *[a for a in TINY if not a.startswith("model.stem_channels")], "trainer.epochs=1",
             "objective=[best_val_acc,n_params]", "hydra.sweeper.direction=[maximize,minimize]",
-            "tracking.experiment=mo", "hydra.sweeper.study_name=mo", "model.stem_channels=choice(4,8,16)"]
+            "hydra.sweeper.study_name=mo", "model.stem_channels=choice(4,8,16)"]
     res = run_module("sweeps.train", args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     study = optuna.load_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'multirun' / 'optuna.db'}")

@@ -94,6 +94,22 @@ def test_path_keys_pass_the_name_check():
         check(["paths.mlrun=/tmp/elsewhere"])
 
 
+def test_flags_with_values_and_overrides_on_both_sides(project):
+    """`--cfg job` (the command our key errors recommend) is a flag and its value, not an override;
+    overrides may stand on both sides of it."""
+    from sweeps.overrides import split_argv
+
+    assert split_argv(["a=1", "--multirun", "b=2", "--cfg", "job", "-cn", "train", "c=3"]) == (
+        ["--multirun", "--cfg", "job", "-cn", "train"], ["a=1", "b=2", "c=3"])
+    proc = run_module("sweeps.train", ["dataset=digits", "--cfg", "job", "trainer.epochs=7"], project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = __import__("yaml").safe_load(proc.stdout)
+    assert job["dataset"]["name"] == "digits" and job["trainer"]["epochs"] == 7
+    proc = run_module("sweeps.train", ["--cfg", "job", "trainer.epoch=3"], project)
+    assert proc.returncode == 2 and "Did you mean 'trainer.epochs'" in proc.stderr, proc.stderr[-3000:]
+    assert not (project / "mlruns").exists() and not (project / "outputs").exists()
+
+
 def test_cifar10_without_data_or_network_names_path_and_digits(project):
     proc = run_module("sweeps.train", TINY + ["dataset=cifar10"], project, timeout=200)
     assert proc.returncode != 0

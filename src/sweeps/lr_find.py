@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--end-lr", type=float, default=10.0)
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("lr_find.png"))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # Intermixed: overrides may stand before or after the options.
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     try:
         lr = lr_range_test(args.overrides, args.start_lr, args.end_lr, args.iters, args.out)
     except ConfigError as e:

@@ -45,9 +45,45 @@ def _first_value(override) -> str | None:
     return None if value is None else str(value)
 
 
-def check(argv: Sequence[str], config_name: str = "train") -> list[str]:
-    """Raise ConfigError for an unknown group option or config key; return the overrides."""
-    args = [a for a in argv if not a.startswith("-")]
+def _refuse_parse(message: str):
+    raise ValueError(message)
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """(Hydra's flags with their values, the overrides), wherever the overrides stand.
+
+    Hydra's parser takes the overrides as one run of words, so
+    ``dataset=digits --multirun hparams_search=blocks`` is refused and
+    ``--cfg job`` would read ``job`` as an override. None when Hydra's parser
+    refuses the line: then Hydra reports it.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.error = _refuse_parse  # no usage text and exit from here
+    try:
+        ns, extras = parser.parse_known_intermixed_args(list(argv))
+    except (ValueError, TypeError):
+        return None
+    if extras:
+        return None
+    overrides = list(ns.overrides or [])
+    flags, pending = [], iter(overrides)
+    upcoming = next(pending, None)
+    for arg in argv:
+        if upcoming is not None and arg == upcoming:
+            upcoming = next(pending, None)
+        else:
+            flags.append(arg)
+    return flags, overrides
+
+
+def check(args: Sequence[str], config_name: str = "train") -> list[str]:
+    """Raise ConfigError for an unknown group option or config key; return the overrides.
+
+    ``args`` are overrides only (``split_argv`` takes Hydra's flags out of a command line).
+    """
+    args = list(args)
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as e:
@@ -100,9 +136,15 @@ def _selectable(cfg: DictConfig, key: str) -> bool:
         return True  # it exists; its value needs Hydra's runtime (e.g. ${hydra:runtime.cwd} in paths.*)
 
 
-def check_or_exit(argv: Sequence[str] | None = None) -> None:
+def check_or_exit() -> None:
+    """Check ``sys.argv``'s overrides, and put them after Hydra's flags, where Hydra's parser wants them."""
+    split = split_argv(sys.argv[1:])
+    if split is None:
+        return  # Hydra's parser refuses the line and says why
+    flags, overrides = split
     try:
-        check(sys.argv[1:] if argv is None else argv)
+        check(overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = [*flags, *overrides]

@@ -71,8 +71,12 @@ def summarize(overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(f"usage: python -m sweeps.summary [OVERRIDE ...]\n\n{__doc__.strip()}")
+        return
     try:
-        print(summarize(sys.argv[1:] if argv is None else argv))
+        print(summarize(argv))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
