@@ -68,6 +68,8 @@ BAD_INPUTS = [
     (["model.channels=[32,64]", "model.blocks=[1,1,1]"], ["model.blocks", "model.channels"]),
     (["model.kernel_sizes=4"], ["kernel", "4", "odd"]),
     (["model.pool=16"], ["model.pool=16", "between 1 and 4"]),
+    (["model.channels=64"], ["model.channels=64 is one number", "model.channels=[64,128]"]),
+    (["hparams_search=kernels"], ["hparams_search=kernels is a sweep", "--multirun"]),
 ]
 
 
@@ -81,6 +83,8 @@ def test_bad_input_is_one_clear_paragraph(project, args, expected):
     for fragment in expected:
         assert fragment in message, message
     assert all(r.info.status != "RUNNING" for r in mlflow_runs(project))
+    if args[0].startswith("hparams_search"):
+        assert mlflow_runs(project) == [], "a sweep config run without --multirun records nothing"
 
 
 def test_path_keys_pass_the_name_check():

@@ -186,8 +186,15 @@ def task(cfg: DictConfig) -> float | list[float]:
     (submitit) find it by reference as ``sweeps.train.task``.
     """
     signal.signal(signal.SIGTERM, _on_sigterm)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
+        search = OmegaConf.select(hc, "runtime.choices.hparams_search", default=None)
+        if search and not multirun:
+            # Otherwise one ordinary training lands in the sweep's experiment, as if it were its result.
+            raise ConfigError(f"hparams_search={search} is a sweep: run it with --multirun "
+                              f"(python -m sweeps.train --multirun hparams_search={search} ...). Without it, "
+                              "Hydra would train the base config once; nothing was trained or recorded.")
         return objective_value(cfg, train(cfg))
     except ConfigError as e:
         if multirun:

@@ -147,6 +147,11 @@ class TruncatedResNet(nn.Module):
         image_size: int = 32,
     ):
         super().__init__()
+        # model.head=128 reads as the seeds write it ("Linear: 128"): one hidden layer.
+        head = [head] if isinstance(head, int) else head
+        if isinstance(channels, int):
+            raise ConfigError(f"model.channels={channels} is one number; give one channel count per residual "
+                              f"layer, e.g. model.channels=[{channels},{2 * channels}].")
         channels, head = list(channels), list(head)
         if not channels:
             raise ConfigError("model.channels is empty; give one channel count per residual layer, e.g. [32,64,128,256].")
