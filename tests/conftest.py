@@ -68,6 +68,10 @@ def project(tmp_path: Path) -> Path:
 # One sweep process, no worker: the cheapest sweep that records a trial and its runs.
 SWEEP = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_jobs=1", *TINY]
 GOOD_LR = "optim.lr=interval(0.001,0.1)"
+# The fixed overrides of ``recorded_sweep``'s study (its search space: GOOD_LR). A sweep that
+# continues that study must repeat them: another sweep's study is refused (allow_study_changes).
+RECORDED = [a for a in SWEEP if not a.startswith("trainer.epochs=")] + [
+    "trainer.epochs=1", "augment=norm", "tracking.log_model=false", "tracking.log_figures=false"]
 
 
 def stores(root: Path) -> dict:
@@ -119,9 +123,7 @@ def recorded_sweep(tmp_path_factory) -> tuple[Path, dict]:
     ``recorded_project``, a copy, in case what they check for goes wrong.
     """
     root = tmp_path_factory.mktemp("recorded")
-    quick = [a for a in SWEEP if not a.startswith("trainer.epochs=")] + [
-        "trainer.epochs=1", "augment=norm", "tracking.log_model=false", "tracking.log_figures=false"]
-    proc = run_module("sweeps.train", [*quick, "hydra.sweeper.n_trials=1", GOOD_LR], root, timeout=240)
+    proc = run_module("sweeps.train", [*RECORDED, "hydra.sweeper.n_trials=1", GOOD_LR], root, timeout=240)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     before = stores(root)
     ((directions, trials),) = before["studies"].values()

@@ -176,11 +176,12 @@ def test_a_killed_sweep_process_loses_no_finished_trial(lab, tmp_path):
     study, n_trials, url = "killed", 3, lab["optuna_url"]
     env = {"SWEEPS_OPTUNA_STORAGE": url}
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    a = start(sweep_cmd(lab, study, n_trials, "multirun/a"), tmp_path, env, log_a)
-    # b trains longer (its own fixed overrides; the study only holds the searched lr), so that
-    # it is surely mid-training when it is killed.
-    b = start(sweep_cmd(lab, study, n_trials, "multirun/b", "trainer.limit_train_batches=null", "trainer.epochs=20"),
-              tmp_path, env, log_b)
+    # b trains longer (its own fixed overrides, so both must allow the study to differ from theirs),
+    # so that it is surely mid-training when it is killed.
+    changes = "hydra.sweeper.allow_study_changes=true"
+    a = start(sweep_cmd(lab, study, n_trials, "multirun/a", changes), tmp_path, env, log_a)
+    b = start(sweep_cmd(lab, study, n_trials, "multirun/b", "trainer.limit_train_batches=null", "trainer.epochs=20",
+                        changes), tmp_path, env, log_b)
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=lab["tracking"])

@@ -11,7 +11,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import GOOD_LR, SWEEP, TINY, mlflow_runs, nothing_running, run_module, stores
+from conftest import GOOD_LR, RECORDED, TINY, mlflow_runs, nothing_running, run_module, stores
 
 # Enough batches per epoch that a signal lands inside a later epoch.
 LONGER = [a for a in TINY if not a.startswith(("trainer.limit_train", "trainer.epochs"))] + ["trainer.epochs=4"]
@@ -122,7 +122,7 @@ def test_full_disk_in_a_sweep_job_fails_that_trial_before_it_trains(recorded_pro
     space, the sweep's is not): the job stops before its MLflow run opens; the trial is FAIL and its
     run FAILED, both with the message; the earlier trial and run are untouched, nothing is RUNNING."""
     root, before = recorded_project
-    proc = run_module("sweeps.train", SWEEP + ["hydra.sweeper.n_trials=2", GOOD_LR,
+    proc = run_module("sweeps.train", RECORDED + ["hydra.sweeper.n_trials=2", GOOD_LR,
                                                "paths.min_free_mb=choice(100000000)"], root, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode in (0, 1), out[-3000:]  # 1: more failures than max_failure_rate allows

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import GOOD_LR, SWEEP, TINY, nothing_running, run_module, stores
+from conftest import GOOD_LR, RECORDED, TINY, nothing_running, run_module, stores
 from hydra_plugins.sweeps_optuna_sweeper._impl import search_space_from_overrides
 
 MORE = ["hydra.sweeper.n_trials=2"]  # one more than recorded: only the refusal keeps it from running
@@ -32,6 +32,11 @@ CASES = {
     "other-directions": ([GOOD_LR, "hydra.sweeper.direction=minimize"],
                          ["Study 'train'", "optimizes ['maximize'], but this sweep asks for ['minimize']",
                           "hydra.sweeper.study_name"]),
+    "another-sweep": (["model.stem_channels=choice(4,8)", "trainer.epochs=2"],
+                      ["Study 'train'", "was made by another sweep (trainer.epochs=1 there, trainer.epochs=2 here; "
+                       "model.stem_channels searched here only; optim.lr searched there only)",
+                       "its 1 trial(s) would be mixed", "hydra.sweeper.study_name=<new name>",
+                       "hydra.sweeper.allow_study_changes=true"]),
     "sweep-dir-under-a-file": ([GOOD_LR, "hydra.sweep.dir={root}/a_file/sweep"],
                                ["the sweep's output directory {root}/a_file/sweep (hydra.sweep.dir) cannot be "
                                 "created: {root}/a_file is a regular file", "point hydra.sweep.dir to"]),
@@ -46,7 +51,7 @@ def test_sweep_input_errors(recorded_project, case):
     root, before = recorded_project
     (root / "a_file").write_text("a regular file, not a directory\n")
     args, expected = ([a.format(root=root) for a in x] for x in CASES[case])
-    proc = run_module("sweeps.train", SWEEP + MORE + args, root, timeout=120)
+    proc = run_module("sweeps.train", RECORDED + MORE + args, root, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out, out[-3000:]

@@ -101,6 +101,7 @@ FAIL_REASON, REASON, N_PARAMS = "fail_reason", "reason", "n_params"
 HOST, PID, PID_START, HEARTBEAT = "host", "pid", "pid_start", "heartbeat"
 OVERRIDES, MLFLOW_RUN = "overrides", "mlflow_run_id"
 PARENT_ATTR = "mlflow_parent_run_id"
+SIGNATURE_ATTR = "sweeps.signature"  # study user attr: what made the study (search space, fixed overrides)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -322,6 +323,8 @@ class SweepsOptunaSweeperImpl(Sweeper):
         custom_search_space: Optional[str],
         pruner: Any = None,
         heartbeat_interval: Optional[int] = 60,
+        allow_study_changes: bool = False,
+        study_ignores: Sequence[str] = (),
     ) -> None:
         if not 0.0 <= float(max_failure_rate) <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must lie in [0, 1]")
@@ -341,6 +344,8 @@ class SweepsOptunaSweeperImpl(Sweeper):
         )
         self.pruner_cfg = pruner
         self.heartbeat_interval = int(heartbeat_interval) if heartbeat_interval else None
+        self.allow_study_changes = bool(allow_study_changes)
+        self.study_ignores = tuple(str(p) for p in study_ignores)
         self.config: Optional[DictConfig] = None
         self.current: Optional[optuna.trial.Trial] = None
         self.workers: List[subprocess.Popen] = []
@@ -439,6 +444,8 @@ class SweepsOptunaSweeperImpl(Sweeper):
         study_name = self.study_name or OmegaConf.select(cfg, "hydra.runtime.choices.hparams_search") \
             or str(cfg.hydra.job.name)
         storage_url = self.storage or default_storage_url(cfg.hydra.runtime.cwd)
+        if not self.is_worker and max_params is not None and not self.custom_search_space:
+            self._check_feasible(dists, fixed, max_params)  # before the study exists: a refusal leaves none behind
         sampler = self._sampler(grid)
         pruner = instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner()
         created = False
@@ -455,11 +462,14 @@ class SweepsOptunaSweeperImpl(Sweeper):
                           f"{directions}. Use another hydra.sweeper.study_name, or delete the study "
                           f"(optuna delete-study --study-name {study_name} --storage {redact(storage_url)}).")
                 sys.exit(2)
+            self._check_same_sweep(study, storage_url, dists, fixed)
         except Exception as e:  # noqa: BLE001 - any storage that cannot be opened is the user's to fix
             _refuse(f"The Optuna storage hydra.sweeper.storage={redact(storage_url)} cannot be opened "
                     f"({type(e).__name__}: {redact(str(e).splitlines()[0]) if str(e) else ''}). Check the URL, that the "
                     "database server is up and its driver installed (e.g. psycopg for postgresql://: pip install -e .[cluster]), or leave "
                     "hydra.sweeper.storage=null for the SQLite study in multirun/optuna.db.")
+        if created:
+            study.set_user_attr(SIGNATURE_ATTR, self._signature(dists, fixed))
         self.study, self.study_name_, self.storage_url = study, study_name, str(storage_url)
         self.dists, self.fixed = dists, fixed
 
@@ -469,8 +479,6 @@ class SweepsOptunaSweeperImpl(Sweeper):
                  f"sampler {type(sampler).__name__} | pruner {type(pruner).__name__} | directions {directions}"
                  f" | n_jobs {self.n_jobs if not self.is_worker else 1}")
 
-        if not self.is_worker and max_params is not None and not self.custom_search_space:
-            self._check_feasible(dists, fixed, max_params)
         try:
             self.parent_run_id = self.support.parent_run(study, study_name, created) if self.support.tracked else None
         except ValueError as e:  # sweeps' ConfigError, e.g. an unreachable tracking server
@@ -498,6 +506,61 @@ class SweepsOptunaSweeperImpl(Sweeper):
         if code:
             sys.exit(code)
         return None
+
+    # ------------------------------------------------------------------ one study, one sweep
+
+    def _signature(self, dists: Dict[str, BaseDistribution], fixed: Dict[str, str]) -> Dict[str, Dict[str, str]]:
+        from optuna.distributions import distribution_to_json
+
+        def kept(name: str) -> bool:
+            return not name.startswith(self.study_ignores)
+
+        return {"search_space": {name: distribution_to_json(d) for name, d in sorted(dists.items()) if kept(name)},
+                "fixed": {name: str(v) for name, v in sorted(fixed.items()) if kept(name)}}
+
+    def _check_same_sweep(self, study: optuna.Study, storage_url: Any,
+                          dists: Dict[str, BaseDistribution], fixed: Dict[str, str]) -> None:
+        """Refuse to mix this sweep's trials into a study another sweep made.
+
+        Re-running a command resumes its study; a different command under the
+        same study name (the default name is the hparams_search config or the
+        task's) would silently add its trials to the old ones, compare them as
+        one search and report the old best.
+        """
+        mine = self._signature(dists, fixed)
+        theirs = study.user_attrs.get(SIGNATURE_ATTR)
+        if not isinstance(theirs, dict):
+            study.set_user_attr(SIGNATURE_ATTR, mine)  # a study made before signatures were kept
+            return
+        changes = []
+        searched = set(theirs.get("search_space", {})) | set(mine["search_space"])
+        for part in ("fixed", "search_space"):
+            old, new = theirs.get(part, {}), mine[part]
+            for name in sorted(set(old) | set(new)):
+                if part == "fixed" and name in searched:
+                    continue  # fixed in one sweep, searched in the other: said below
+                if old.get(name) != new.get(name):
+                    if part == "fixed":
+                        was = f"{name}={old[name]}" if name in old else f"no {name}"
+                        now = f"{name}={new[name]}" if name in new else f"no {name}"
+                        changes.append(f"{was} there, {now} here")
+                    elif name in old and name in new:
+                        changes.append(f"{name} searched over other values here")
+                    else:
+                        changes.append(f"{name} searched {'there' if name in old else 'here'} only")
+        if not changes:
+            return
+        name = study.study_name
+        done = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
+        listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        if self.allow_study_changes:
+            log.warning(f"Study '{name}' continues with changes (hydra.sweeper.allow_study_changes=true): {listed}.")
+            return
+        _refuse(f"Study '{name}' in {redact(storage_url)} was made by another sweep ({listed}); its {done} trial(s) "
+                "would be mixed with this sweep's. Re-run that sweep's command to resume it; or give this sweep its "
+                f"own study with hydra.sweeper.study_name=<new name> (and tracking.experiment=<new name> for its own "
+                "MLflow experiment); or continue the old study with these changes on purpose with "
+                "hydra.sweeper.allow_study_changes=true.")
 
     # ------------------------------------------------------------------ workers
 
@@ -914,4 +977,3 @@ class SweepsOptunaSweeperImpl(Sweeper):
                    + (f", {count['interrupted']} interrupted (re-run)" if count["interrupted"] else "")
                    + f" | best {best_value_text} | {wall:.1f}s | results: {out / RESULTS_FILE}")
         log.info(summary)
-        print(summary, flush=True)

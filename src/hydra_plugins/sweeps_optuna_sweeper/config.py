@@ -211,6 +211,14 @@ class SweepsOptunaSweeperConf:
     # last stamp is older than 4 intervals (or whose local process is gone) is
     # treated as interrupted. null: process check only (same host).
     heartbeat_interval: Optional[int] = 60
+    # A study is resumed only by the sweep that made it: the same search space and
+    # the same fixed overrides (except those in ``study_ignores``). true: continue
+    # it anyway with what this command changed (a wider space, more epochs, ...).
+    allow_study_changes: bool = False
+    # Overrides that may differ between the sweeps sharing a study (prefixes).
+    study_ignores: List[str] = field(default_factory=lambda: [
+        "hydra", "tracking.", "paths.", "trial.", "trainer.progress", "trainer.resume", "trainer.num_workers",
+        "trainer.device", "trainer.compile"])
 
 
 cs = ConfigStore.instance()

@@ -24,6 +24,8 @@ class SweepsOptunaSweeper(Sweeper):
         custom_search_space: Optional[str] = None,
         pruner: Any = None,
         heartbeat_interval: Optional[int] = 60,
+        allow_study_changes: bool = False,
+        study_ignores: Optional[List[str]] = None,
     ) -> None:
         from ._impl import SweepsOptunaSweeperImpl
 
@@ -40,6 +42,8 @@ class SweepsOptunaSweeper(Sweeper):
             custom_search_space=custom_search_space,
             pruner=pruner,
             heartbeat_interval=heartbeat_interval,
+            allow_study_changes=allow_study_changes,
+            study_ignores=study_ignores or (),
         )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
