@@ -68,6 +68,7 @@ BAD_INPUTS = [
     (["model.channels=[32,64]", "model.blocks=[1,1,1]"], ["model.blocks", "model.channels"]),
     (["model.kernel_sizes=4"], ["kernel", "4", "odd"]),
     (["model.pool=16"], ["model.pool=16", "between 1 and 4"]),
+    (["optim=adam", "optim.momentum=0.9"], ["'optim.momentum' is not a key of optim=adam", "a key of optim=sgd"]),
     (["model.channels=64"], ["model.channels=64 is one number", "model.channels=[64,128]"]),
     (["hparams_search=kernels"], ["hparams_search=kernels is a sweep", "--multirun"]),
 ]

@@ -117,6 +117,17 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
         known = _leaf_keys(cfg)
         for key in keys:
             if key not in known and not _selectable(cfg, key):
+                elsewhere = _options_with_key(key, groups)
+                if elsewhere:
+                    group = key.split(".", 1)[0]
+                    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                        full = compose(config_name, overrides=choices, return_hydra_config=True)
+                    chosen = OmegaConf.select(full, f"hydra.runtime.choices.{group}", default=None)
+                    raise ConfigError(
+                        f"'{key}' is not a key of {group}={chosen or 'the default'}; it is a key of "
+                        f"{', '.join(f'{group}={o}' for o in elsewhere)}. Choose that option "
+                        f"({group}={elsewhere[0]} {key}=...) or drop {key}."
+                    )
                 raise ConfigError(
                     f"'{key}' is not a key of the composed config.{close_matches(key, known)} "
                     f"Check the spelling against `python -m sweeps.train --cfg job`; to add a new key on "
@@ -126,6 +137,22 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
 
 
 _MISSING = object()
+
+
+def _options_with_key(key: str, groups: set[str]) -> list[str]:
+    """The options of ``key``'s config group that have it (optim.momentum: sgd, not adam)."""
+    group, _, rest = key.partition(".")
+    if group not in groups or not rest:
+        return []
+    found = []
+    for option in group_options(group):
+        try:
+            node = OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")
+            if _selectable(node, rest):
+                found.append(option)
+        except Exception:  # noqa: BLE001 - an option file we cannot read answers nothing
+            continue
+    return found
 
 
 def _selectable(cfg: DictConfig, key: str) -> bool:
