@@ -88,3 +88,19 @@ def test_unreachable_tracking_server_fails_fast(recorded_project):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "tracking.uri=http://127.0.0.1:9 cannot be reached" in proc.stderr.strip().splitlines()[-1]
     assert stores(root) == before
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["optim.lr=interval(0.001,0.1)"], ["optim.lr=interval(0.001,0.1) needs the Optuna sweeper",
+                                        "hydra/sweeper=sweeps_optuna"]),
+    (["hydra.sweeper.n_trials=3"], ["hydra.sweeper.n_trials=3 needs the Optuna sweeper"]),
+    (["hparams_search=blocks", "hydra.sweeper.n_trails=3"],
+     ["'hydra.sweeper.n_trails' is not a setting of the sweeps_optuna sweeper", "Did you mean 'hydra.sweeper.n_trials'"]),
+], ids=["interval-without-our-sweeper", "sweeper-key-without-it", "misspelled-sweeper-key"])
+def test_sweep_syntax_mistakes_are_named_before_hydra_runs(tmp_path, args, expected):
+    proc = run_module("sweeps.train", ["--multirun", "dataset=digits", *args], tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    for fragment in expected:
+        assert fragment in last, last
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlruns").exists()

@@ -90,6 +90,7 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
         raise ConfigError(f"could not parse the command line: {e}") from None
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     choices, keys = [], []
+    _check_sweeper(parsed, config_name)
     for o in parsed:
         key = o.key_or_group
         if key.startswith("hydra") or o.is_delete() or o.is_add() or o.is_force_add():
@@ -137,6 +138,51 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
 
 
 _MISSING = object()
+OUR_SWEEPER = "sweeps_optuna"
+
+
+def _check_sweeper(parsed, config_name: str) -> None:
+    """interval() searches and hydra.sweeper.* keys need our sweeper; name a misspelled sweeper key.
+
+    Without it Hydra's basic sweeper ends in a traceback ("does not support
+    sweep type INTERVAL_SWEEP"), and a misspelled sweeper key gets Hydra's advice
+    to add it with +, which the sweeper would then ignore.
+    """
+    searches = [o.input_line for o in parsed if o.is_sweep_override() and not o.is_discrete_sweep()]
+    sweeper_keys = [o for o in parsed if o.key_or_group.startswith("hydra.sweeper.")
+                    and not (o.is_add() or o.is_force_add() or o.is_delete())]
+    if not searches and not sweeper_keys:
+        return
+    groups = [f"{o.key_or_group}={_first_value(o)}" for o in parsed
+              if (o.key_or_group == "hparams_search" or o.key_or_group.startswith("hydra/"))
+              and _first_value(o) is not None]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        try:
+            cfg = compose(config_name, overrides=groups, return_hydra_config=True)
+        except HydraException:
+            return  # a wrong group option: reported by the caller
+    sweeper = cfg.hydra.sweeper
+    ours = OUR_SWEEPER in str(OmegaConf.select(sweeper, "_target_", default=""))
+    needs_ours = ("{what} needs the Optuna sweeper, but this command runs Hydra's basic sweeper (which only "
+                  f"expands lists and choice()/range()). Add hydra/sweeper={OUR_SWEEPER} (and --multirun), or use "
+                  "an hparams_search config, which selects it.")
+    if searches and not ours:
+        raise ConfigError(needs_ours.format(what=searches[0]))
+    known = [f"hydra.sweeper.{k}" for k in _leaf_keys(sweeper)]
+    for o in sweeper_keys:
+        key = o.key_or_group
+        if _selectable(sweeper, key[len("hydra.sweeper."):]):
+            continue
+        if not ours:
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                optuna_cfg = compose(config_name, overrides=[f"hydra/sweeper={OUR_SWEEPER}"], return_hydra_config=True)
+            if _selectable(optuna_cfg.hydra.sweeper, key[len("hydra.sweeper."):]):
+                raise ConfigError(needs_ours.format(what=o.input_line))
+        name = OUR_SWEEPER if ours else str(OmegaConf.select(sweeper, "_target_", default="this")).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"'{key}' is not a setting of the {name} sweeper.{close_matches(key, known)} "
+            f"See `python -m sweeps.train hydra/sweeper={OUR_SWEEPER} --cfg hydra -p hydra.sweeper` for ours."
+        )
 
 
 def _options_with_key(key: str, groups: set[str]) -> list[str]:
