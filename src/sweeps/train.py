@@ -73,6 +73,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tags = {"sweeps.study": str(cfg.trial.study), "sweeps.trial": str(cfg.trial.number)}
     run_name = cfg.tracking.get("run_name") or overrides_run_name(list(hc.overrides.task))
 
+    # A device or pipeline that cannot be had is a config error like the ones above: refused
+    # before a run is recorded.
+    device = select_device(str(cfg.trainer.device))
+    pipeline = select_pipeline(cfg, device)
     id_file = out_dir / "mlflow_run_id"
     resume_id = id_file.read_text().strip() if cfg.trainer.resume and id_file.exists() else None
 
@@ -83,11 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             rec.log_params({"n_params": n_params})
             log_config_artifacts(rec, out_dir)
         torch.manual_seed(int(cfg.seed))
-        device = select_device(str(cfg.trainer.device))
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         # --- data pipeline (trainer.pipeline: sweeps.data.device_loader) ---
-        pipeline = select_pipeline(cfg, device)  # a ConfigError here comes before any data is read
         splits = load_splits(cfg.dataset)
         model = prepare_model(build_model(cfg).to(device), cfg, device)
         t = cfg.trainer
