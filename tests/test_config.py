@@ -56,3 +56,26 @@ def test_class_names_label_the_classes_or_are_refused(composer):
     assert len(cifar.dataset.classes) == cifar.dataset.num_classes and cifar.dataset.classes[0] == "airplane"
     with pytest.raises(ConfigError, match=r"dataset.classes has 2 names but dataset.num_classes=10"):
         validate(composer(["dataset=digits", "+dataset.classes=[zero,one]"]))
+
+
+# The command line's path for these is tested once per kind in test_train.py (a subprocess each);
+# their boundaries are checked here, in-process, on the same composed config and validate().
+BOUNDARIES = [
+    ("trainer.batch_size=0", "trainer.batch_size=0 must be a positive integer"),
+    ("trainer.eval_batch_size=-1", "trainer.eval_batch_size=-1 must be a positive integer"),
+    ("optim.lr=-0.1", "optim.lr=-0.1 must be positive"),
+    ("dataset.val_fraction=0", "dataset.val_fraction=0.0 must lie strictly between 0 and 1"),
+    ("dataset.val_fraction=1", "dataset.val_fraction=1.0 must lie strictly between 0 and 1"),
+    ("model.dropout=-0.1", "model.dropout=-0.1 must lie in [0, 1)"),
+    ("trainer.patience=0", "trainer.patience=0 must be >= 1"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("override,message", BOUNDARIES, ids=[o for o, _ in BOUNDARIES])
+def test_out_of_range_boundaries_are_refused(composer, override, message):
+    from sweeps.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate(composer(["dataset=digits", override]))
+    assert message in str(e.value), str(e.value)
