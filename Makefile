@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,cluster]'
 	touch $(STAMP)
 
+# Tests in parallel worker processes (pytest-xdist); WORKERS=0 runs them in this one.
+WORKERS ?= auto
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not slow"
 
 # Offline: a short joint-style sweep on scikit-learn's digits (TPE, pruning,
 # a parameter budget), recorded in MLflow, then its ablation report.
