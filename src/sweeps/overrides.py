@@ -45,6 +45,11 @@ def _first_value(override) -> str | None:
     return None if value is None else str(value)
 
 
+def _compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
+
+
 def _refuse_parse(message: str):
     raise ValueError(message)
 
@@ -110,19 +115,17 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
         else:
             keys.append(key)
     if keys:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            try:
-                cfg = compose(config_name, overrides=choices)
-            except HydraException as e:
-                raise ConfigError(str(e)) from None
+        try:
+            cfg = _compose(config_name, choices)
+        except HydraException as e:
+            raise ConfigError(str(e)) from None
         known = _leaf_keys(cfg)
         for key in keys:
             if key not in known and not _selectable(cfg, key):
                 elsewhere = _options_with_key(key, groups)
                 if elsewhere:
                     group = key.split(".", 1)[0]
-                    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-                        full = compose(config_name, overrides=choices, return_hydra_config=True)
+                    full = _compose(config_name, choices, with_hydra=True)
                     chosen = OmegaConf.select(full, f"hydra.runtime.choices.{group}", default=None)
                     raise ConfigError(
                         f"'{key}' is not a key of {group}={chosen or 'the default'}; it is a key of "
@@ -156,11 +159,10 @@ def _check_sweeper(parsed, config_name: str) -> None:
     groups = [f"{o.key_or_group}={_first_value(o)}" for o in parsed
               if (o.key_or_group == "hparams_search" or o.key_or_group.startswith("hydra/"))
               and _first_value(o) is not None]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        try:
-            cfg = compose(config_name, overrides=groups, return_hydra_config=True)
-        except HydraException:
-            return  # a wrong group option: reported by the caller
+    try:
+        cfg = _compose(config_name, groups, with_hydra=True)
+    except HydraException:
+        return  # a wrong group option: reported by the caller
     sweeper = cfg.hydra.sweeper
     ours = OUR_SWEEPER in str(OmegaConf.select(sweeper, "_target_", default=""))
     needs_ours = ("{what} needs the Optuna sweeper, but this command runs Hydra's basic sweeper (which only "
@@ -174,8 +176,7 @@ def _check_sweeper(parsed, config_name: str) -> None:
         if _selectable(sweeper, key[len("hydra.sweeper."):]):
             continue
         if not ours:
-            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-                optuna_cfg = compose(config_name, overrides=[f"hydra/sweeper={OUR_SWEEPER}"], return_hydra_config=True)
+            optuna_cfg = _compose(config_name, [f"hydra/sweeper={OUR_SWEEPER}"], with_hydra=True)
             if _selectable(optuna_cfg.hydra.sweeper, key[len("hydra.sweeper."):]):
                 raise ConfigError(needs_ours.format(what=o.input_line))
         name = OUR_SWEEPER if ours else str(OmegaConf.select(sweeper, "_target_", default="this")).rsplit(".", 1)[-1]

@@ -136,11 +136,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             gc.collect()
             torch.cuda.empty_cache()
             model_name = OmegaConf.select(hc, "runtime.choices.model", default=None) or cfg.model.get("_target_")
+            precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
             raise OutOfMemory(
                 f"out of {device.type.upper()} memory training model={model_name} ({n_params:,} parameters) at "
-                f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, "
-                f"{ {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(amp, 'fp32')}); lower trainer.batch_size (or trainer.eval_batch_size if it failed while "
-                "evaluating), or use trainer.precision=bf16 on a GPU that supports it."
+                f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, {precision}); "
+                "lower trainer.batch_size (or trainer.eval_batch_size if it failed while evaluating), "
+                "or use trainer.precision=bf16 on a GPU that supports it."
             )
         final = {
             "best_val_acc": result.best_val_acc,
