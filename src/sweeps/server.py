@@ -32,8 +32,9 @@ def _refuse(message: str) -> None:
 
 
 def _check_database(url: str) -> None:
-    if sqlite_path(url) is not None:
-        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
         return
     import sqlalchemy
 

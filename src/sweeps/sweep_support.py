@@ -63,8 +63,9 @@ def _client(cfg: DictConfig):
         check_reachable(uri)  # a server that is down: a ConfigError in seconds, not MLflow's minutes of retries
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    if uri not in _READY and sqlite_path(uri) is not None:
-        with sqlite_schema_lock(sqlite_path(uri)):
+    db = sqlite_path(uri)
+    if uri not in _READY and db is not None:
+        with sqlite_schema_lock(db):
             client.search_experiments(max_results=1)
     _READY.add(uri)
     return client
