@@ -29,7 +29,7 @@ test-fast: install
 # a parameter budget), recorded in MLflow, then its ablation report.
 # Re-running it resumes the study (it has 10 trials in all).
 demo: install
-	$(BIN)/python -m sweeps.train --multirun hparams_search=demo
+	$(BIN)/python -m sweeps.train hparams_search=demo
 	$(BIN)/python -m sweeps.report demo
 	@echo
 	@echo "Every trial is in MLflow (experiment 'demo'); the table is in reports/demo/report.md."

@@ -24,8 +24,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from sweeps.data.augment import eval_transform, normalization, train_transform
 from sweeps.data.batch_augment import BatchAugment, unsupported_options
-from sweeps.data.datasets import Split, Splits
-from sweeps.data.device_loader import DeviceLoader, build_pipeline, select_pipeline
+from sweeps.data.device_loader import DeviceLoader
+from sweeps.data.pipeline import build_pipeline, select_pipeline
+from sweeps.data.splits import Split, Splits
 from sweeps.errors import ConfigError
 from sweeps.paths import CONF_DIR
 

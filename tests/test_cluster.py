@@ -115,7 +115,7 @@ def test_processes_opening_an_empty_database_together_all_get_the_study_storage(
     url = lab["pg"].create_database("race")
     go = tmp_path / "go"
     code = ("import os, sys, time\n"
-            "from hydra_plugins.sweeps_optuna_sweeper.storage import open_storage\n"
+            "from sweeps_optuna.storage import open_storage\n"
             f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
             "open_storage(sys.argv[1])\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -146,7 +146,7 @@ def test_two_sweep_processes_share_one_postgres_study_and_mlflow_server(lab, tmp
     assert len(done) == n_trials and all(t.state == TrialState.COMPLETE for t in done), \
         [(t.number, t.state, t.user_attrs) for t in trials]
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    owners = {t.user_attrs["pid"] for t in done}
+    owners = {t.user_attrs["owner"]["pid"] for t in done}
     assert len(owners) == 2, "both processes must have run trials"
     # Each job reported its epochs to the study through the env-var URL (the pruner's input).
     assert all(len(t.intermediate_values) == 2 for t in done), [t.intermediate_values for t in done]
@@ -199,9 +199,9 @@ def test_a_killed_sweep_process_loses_no_finished_trial(lab, tmp_path):
             trials = load_trials(url, study)
         except KeyError:
             continue  # the study is not created yet
-        b_pids = {t.user_attrs.get("pid") for t in trials} - {a.pid}
+        b_pids = {t.user_attrs.get("owner", {}).get("pid") for t in trials} - {a.pid}
         finished = [t for t in trials if t.state == TrialState.COMPLETE]
-        running_b = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("pid") in b_pids
+        running_b = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("owner", {}).get("pid") in b_pids
                      and "mlflow_run_id" in t.user_attrs]
         if finished and running_b and training(running_b[0]):
             victim = running_b[0]

@@ -69,6 +69,7 @@ BOUNDARIES = [
     ("model.dropout=-0.1", "model.dropout=-0.1 must lie in [0, 1)"),
     ("trainer.patience=0", "trainer.patience=0 must be >= 1"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be >= 0"),
+    ("trainer.monitor=val_los", "trainer.monitor='val_los' is not val_acc or val_loss"),
 ]
 
 
@@ -79,3 +80,38 @@ def test_out_of_range_boundaries_are_refused(composer, override, message):
     with pytest.raises(ConfigError) as e:
         validate(composer(["dataset=digits", override]))
     assert message in str(e.value), str(e.value)
+
+
+def test_the_kept_epoch_follows_trainer_monitor():
+    """best.pt (and so the test accuracy and early stopping) follow trainer.monitor: accuracy up, loss down."""
+    from sweeps.engine import FitResult, improves
+
+    best = FitResult(best_epoch=1, best_val_acc=0.5, best_val_loss=1.0)
+    assert improves("val_acc", 0.6, 1.2, best) and not improves("val_loss", 0.6, 1.2, best)
+    assert improves("val_loss", 0.4, 0.8, best) and not improves("val_acc", 0.4, 0.8, best)
+    assert improves("val_loss", 0.0, 9.0, FitResult())  # the first epoch is always the best so far
+
+
+SEARCHES = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_every_sweep_config_is_a_multirun_of_our_sweeper_with_the_apps_hooks(composer, name):
+    """The shared base (hparams_search/base/): `hparams_search=<name>` sweeps with or without --multirun,
+    the study and experiment are named after it, and the direction follows the objective."""
+    from hydra.types import RunMode
+
+    from sweeps.sweep_hooks import SweepsHooks
+
+    cfg = compose("train", overrides=[f"hparams_search={name}"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert sweeper._target_.endswith("SweepsOptunaSweeper") and sweeper.hooks._target_ == "sweeps.sweep_hooks.SweepsHooks"
+    assert sweeper.n_jobs == 1 and sweeper.max_failure_rate == 0.25 and sweeper.study_name is None
+    assert cfg.tracking.experiment == name
+    hooks = SweepsHooks()
+    hooks.bind(cfg)
+    expected = ["maximize", "minimize"] if name == "pareto" else ["maximize"]
+    assert hooks.directions() == expected
+    if "grid" in sweeper.sampler._target_.lower():
+        assert cfg.hydra.runtime.choices.model == "trunc_l3_pool8"

@@ -77,7 +77,7 @@ def _model_size(head: str) -> int:
     from hydra import compose, initialize_config_dir
 
     from sweeps.paths import CONF_DIR
-    from sweeps.train import model_size
+    from sweeps.models import model_size
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[*TINY, f"model.head={head}"])

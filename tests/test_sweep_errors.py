@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import GOOD_LR, RECORDED, TINY, nothing_running, run_module, stores
-from hydra_plugins.sweeps_optuna_sweeper._impl import search_space_from_overrides
+from sweeps_optuna.search_space import search_space_from_overrides
 
 MORE = ["hydra.sweeper.n_trials=2"]  # one more than recorded: only the refusal keeps it from running
 CASES = {

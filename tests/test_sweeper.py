@@ -61,7 +61,7 @@ def show(proc) -> str:
 def study(root: Path, name: str):
     import optuna
 
-    from hydra_plugins.sweeps_optuna_sweeper.storage import open_storage
+    from sweeps_optuna.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{root / 'multirun' / 'optuna.db'}"))
 
@@ -77,7 +77,7 @@ def runs(root: Path, experiment: str):
 
 
 def counted(trials) -> list:
-    from hydra_plugins.sweeps_optuna_sweeper._impl import is_counted
+    from sweeps_optuna.contract import is_counted
 
     return [t for t in trials if is_counted(t)]
 
@@ -263,6 +263,7 @@ def test_a_trial_whose_job_ended_before_its_process_died_is_recorded_not_rerun(t
     """The window between a job's end and the study's tell: the process dies there (state
     written as it stands then: trial RUNNING, owner gone, MLflow run FINISHED). The re-run
     takes the result from the MLflow run instead of training that point again."""
+    import json
     import sqlite3
 
     args = sweep_args("ended", "hydra.sweeper.n_trials=1", "optim.lr=interval(0.001,0.01)")
@@ -278,8 +279,10 @@ def test_a_trial_whose_job_ended_before_its_process_died_is_recorded_not_rerun(t
     with db:
         db.execute("UPDATE trials SET state='RUNNING', datetime_complete=NULL WHERE trial_id=?", (done._trial_id,))
         db.execute("DELETE FROM trial_values WHERE trial_id=?", (done._trial_id,))
-        db.execute("UPDATE trial_user_attributes SET value_json=? WHERE trial_id=? AND key='pid'",
-                   (str(gone.pid), done._trial_id))
+        owner = json.loads(db.execute("SELECT value_json FROM trial_user_attributes WHERE trial_id=? AND "
+                                      "key='owner'", (done._trial_id,)).fetchone()[0])
+        db.execute("UPDATE trial_user_attributes SET value_json=? WHERE trial_id=? AND key='owner'",
+                   (json.dumps({**owner, "pid": gone.pid}), done._trial_id))
     db.close()
 
     r = train(tmp_path, args)
@@ -321,7 +324,7 @@ def test_two_sweep_processes_share_one_study(tmp_path: Path, storage: str):
     if storage == "journal":
         import optuna
 
-        from hydra_plugins.sweeps_optuna_sweeper.storage import open_storage
+        from sweeps_optuna.storage import open_storage
 
         assert not (tmp_path / "multirun" / "optuna.db").exists()
         trials = optuna.load_study(study_name="shared", storage=open_storage(journal)).trials
@@ -330,7 +333,7 @@ def test_two_sweep_processes_share_one_study(tmp_path: Path, storage: str):
     done = counted(trials)
     assert len(done) == 5 and all(t.state.name == "COMPLETE" for t in done)
     assert all(t.user_attrs.get("surplus") for t in trials if t not in done)
-    owners = {t.user_attrs["pid"] for t in done}
+    owners = {t.user_attrs["owner"]["pid"] for t in done}
     assert len(owners) == 2  # both processes trained
     all_runs = runs(tmp_path, "shared")
     assert len([x for x in all_runs if x.data.tags.get("sweeps.role") == "parent"]) == 1

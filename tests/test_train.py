@@ -68,8 +68,21 @@ BAD_INPUTS = [
     (["optim=adam", "optim.momentum=0.9"], ["'optim.momentum' is not a key of optim=adam", "a key of optim=sgd"]),
     (["trainer.device=gpu"], ["trainer.device='gpu' is not a device", "auto, cpu, cuda or cuda:N"]),
     (["model.channels=64"], ["model.channels=64 is one number", "model.channels=[64,128]"]),
-    (["hparams_search=kernels"], ["hparams_search=kernels is a sweep", "--multirun"]),
 ]
+
+
+def test_a_sweep_config_is_a_sweep_without_multirun(project):
+    """hparams_search configs set hydra.mode=MULTIRUN: without --multirun they sweep (they used to
+    train the base config once, into the sweep's experiment, where it read as the sweep's result)."""
+    import optuna
+
+    proc = run_module("sweeps.train", ["hparams_search=augment", *TINY, "hydra.sweeper.n_trials=1",
+                                       "tracking.log_model=false", "tracking.log_figures=false"], project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="augment", storage=f"sqlite:///{project / 'multirun' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    runs = mlflow_runs(project, "augment")
+    assert sorted(r.data.tags.get("sweeps.role", "trial") for r in runs) == ["parent", "trial"]
 
 
 @pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])

@@ -12,9 +12,20 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeps.errors import ConfigError
+from sweeps.objectives import OBJECTIVES
 
-# Final metrics a run can return to a sweeper (``objective``).
-OBJECTIVES = ("best_val_acc", "best_val_loss", "test_acc", "test_loss", "train_acc_at_best", "n_params", "epochs_run")
+# Config nodes that say where and how a run is recorded, not what is trained: they are
+# not logged as params, not part of a run's name, and may differ between the sweeps
+# that share a study.
+NOT_EXPERIMENT = ("hydra", "trial", "tracking", "paths")
+# Trainer keys that change how fast or how visibly a run trains, not its result.
+RUNTIME_ONLY = ("trainer.progress", "trainer.resume", "trainer.num_workers", "trainer.device", "trainer.compile")
+
+
+def is_experiment_key(key: str) -> bool:
+    """Whether an override or flattened key (``optim.lr``; not ``+tracking.x``, ``hydra/launcher``)
+    names what is trained rather than where it is recorded."""
+    return key.lstrip("+~").split(".", 1)[0].split("/", 1)[0] not in NOT_EXPERIMENT
 
 
 def _number(cfg: DictConfig, key: str, kind: type) -> Any:
@@ -53,6 +64,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("trainer.batch_size", "trainer.eval_batch_size"):
         bs = _number(cfg, key, int)
         _require(bs is not None and bs >= 1, f"{key}={bs} must be a positive integer; e.g. {key}=128.")
+    monitor = OmegaConf.select(cfg, "trainer.monitor")
+    _require(monitor in ("val_acc", "val_loss"), f"trainer.monitor={monitor!r} is not val_acc or val_loss: the "
+             "validation metric whose best epoch is kept and tested, and that early stopping (trainer.patience) "
+             "watches; e.g. trainer.monitor=val_loss.")
     patience = _number(cfg, "trainer.patience", int)
     _require(patience is None or patience >= 1, f"trainer.patience={patience} must be >= 1, or null to disable early stopping.")
     for key in ("optim.lr", "schedule.scheduler.max_lr"):

@@ -7,6 +7,7 @@ itself never waits on the host (except for the divergence check on the CPU).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -21,11 +22,8 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from sweeps.errors import ConfigError
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+from sweeps.data.pipeline import use_channels_last
+from sweeps.errors import ConfigError, Diverged
 
 
 @dataclass
@@ -73,6 +71,24 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision not in choices:
         raise ConfigError(f"trainer.precision={precision!r} is not one of auto, fp32, bf16, fp16.")
     return choices[precision]
+
+
+# prepare_model's log line keeps the logger name it always had, so that logs read the same.
+_compile_log = logging.getLogger("sweeps.data.pipeline")
+
+
+def prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device) -> nn.Module:
+    """``trainer.channels_last`` (CUDA only, as for the batches) and ``trainer.compile``.
+
+    ``model.compile()`` works in place (``torch.compile(model)`` would wrap it), so that
+    state-dict keys (checkpoints, the best state) stay those of the plain model.
+    """
+    if use_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    if bool(cfg.trainer.get("compile", False)):
+        model.compile()
+        _compile_log.info("model compiled with torch.compile")
+    return model
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -236,7 +252,7 @@ def fit(
         metrics = EpochMetrics(epoch + 1, train_loss, correct.item() / max(seen, 1), val_loss, val_acc,
                                lr, elapsed, seen / elapsed)
         result.history.append(metrics)
-        if val_acc > result.best_val_acc or math.isnan(result.best_val_acc):
+        if improves(str(t.get("monitor", "val_acc")), val_acc, val_loss, result):
             result.best_epoch, result.best_val_acc, result.best_val_loss = epoch + 1, val_acc, val_loss
             result.train_acc_at_best = metrics.train_acc
             best_state = copy.deepcopy(model.state_dict())
@@ -251,6 +267,19 @@ def fit(
             result.stopped_early = True
             break
     return result, best_state
+
+
+MONITORS = ("val_acc", "val_loss")
+
+
+def improves(monitor: str, val_acc: float, val_loss: float, best: FitResult) -> bool:
+    """Whether this epoch beats the best so far on ``trainer.monitor``: the epoch whose weights are
+    kept (and tested) and the clock of early stopping. Accuracy must rise, loss must fall."""
+    if math.isnan(best.best_val_acc):
+        return True
+    if monitor == "val_loss":
+        return val_loss < best.best_val_loss
+    return val_acc > best.best_val_acc
 
 
 def _save_last(path: Path, model, optimizer, scheduler, scaler, loader_generator, result: FitResult, best_state, since_best):

@@ -1,8 +1,10 @@
-"""User-facing errors.
+"""Every error sweeps reports to its user, in one place.
 
 A user who mistypes an override should read one paragraph that names the bad
-value and the fix, not a stack trace; everything that is the user's fault is
-raised as :class:`ConfigError` and printed that way by the entrypoints.
+value and the fix, not a stack trace. Each class here is a
+:class:`~sweeps_optuna.contract.UserError`, so a sweep
+records a trial that ends with one under that same sentence, and every
+entrypoint prints it as ``error: <paragraph>`` (see :mod:`sweeps.cli`).
 """
 
 from __future__ import annotations
@@ -10,25 +12,25 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-
-class ConfigError(ValueError):
-    """A bad value in the composed config (or on the command line)."""
+from sweeps_optuna.contract import Infeasible, UserError
 
 
-class BudgetExceeded(ConfigError):
+class ConfigError(UserError, ValueError):
+    """A bad value in the composed config (or on the command line): exit status 2."""
+
+
+class BudgetExceeded(Infeasible, ConfigError):
     """The model has more parameters than ``budget.max_params`` allows."""
 
     def __init__(self, n_params: int, max_params: int, what: str = "the model"):
-        self.n_params = n_params
-        self.max_params = max_params
         self.what = what
         super().__init__(
+            n_params, max_params,
             f"{what} has {n_params:,} parameters, over the budget of "
             f"budget.max_params={max_params:,}; nothing was trained. Shrink the model "
             "(fewer model.blocks, narrower model.channels, a smaller model.head) or lift "
             f"the budget with budget.max_params={n_params} (or budget.max_params=null to "
-            "disable it)."
-        )
+            "disable it).")
 
     def __reduce__(self):
         # Pickled back from a submitit job to the sweeper: rebuild from the numbers, not the message.
@@ -37,6 +39,25 @@ class BudgetExceeded(ConfigError):
 
 class DataUnavailable(ConfigError):
     """A dataset is neither on disk nor downloadable."""
+
+
+class DiskUnusable(ConfigError):
+    """A directory the run writes to cannot be created or written, or its disk is (nearly) full."""
+
+
+class ReportError(ConfigError):
+    """A report target (sweep dir, experiment, store) that cannot be read as asked."""
+
+
+class Diverged(UserError, RuntimeError):
+    """The training loss became NaN or infinite: the trial fails, the sweep goes on."""
+
+
+class OutOfMemory(UserError, RuntimeError):
+    """The model and batch did not fit on the device: the trial fails, the next trial gets the
+    memory back. Not a typo in the command, so a single run exits 1, not 2."""
+
+    exit_code = 1
 
 
 def close_matches(word: str, choices: Iterable[str]) -> str:

@@ -18,19 +18,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
+from sweeps.cli import compose, user_errors  # noqa: E402
 from sweeps.config import validate  # noqa: E402
 from sweeps.data import load_splits  # noqa: E402
 from sweeps.data.augment import train_transform  # noqa: E402
-from sweeps.data.loaders import train_loader  # noqa: E402
+from sweeps.data.dataloader import train_loader  # noqa: E402
 from sweeps.engine import build_optimizer, select_device  # noqa: E402
 from sweeps.errors import ConfigError  # noqa: E402
-from sweeps.models import build_model, check_budget, count_parameters  # noqa: E402
+from sweeps.models import build_model, check_budget, model_size  # noqa: E402
 from sweeps.overrides import check  # noqa: E402
-from sweeps.paths import CONF_DIR  # noqa: E402
 
 
 def lr_range_test(overrides: list[str], start_lr: float, end_lr: float, iters: int, out: Path) -> float:
@@ -41,11 +39,7 @@ def lr_range_test(overrides: list[str], start_lr: float, end_lr: float, iters: i
     if iters < 10:
         raise ConfigError(f"--iters={iters} is too few to see a trend; use at least 10 (100 is typical).")
     check(overrides)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        try:
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        except HydraException as e:
-            raise ConfigError(str(e)) from None
+    cfg = compose(overrides, with_hydra=True)
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = str(Path.cwd())  # ${hydra:runtime.cwd} outside a Hydra run
         cfg.optim.lr = start_lr
@@ -53,7 +47,7 @@ def lr_range_test(overrides: list[str], start_lr: float, end_lr: float, iters: i
 
     HydraConfig.instance().set_config(cfg)
     validate(cfg)
-    check_budget(count_parameters(build_model(cfg, for_counting=True)), cfg)
+    check_budget(model_size(cfg), cfg)
     torch.manual_seed(int(cfg.seed))
     device = select_device(str(cfg.trainer.device))
     splits = load_splits(cfg.dataset)
@@ -83,11 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("lr_find.png"))
     # Intermixed: overrides may stand before or after the options.
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    try:
+    with user_errors():
         lr = lr_range_test(args.overrides, args.start_lr, args.end_lr, args.iters, args.out)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"plot: {args.out.resolve()}")
     print(f"suggested max_lr: {lr:.4g}  (e.g. schedule=onecycle optim.lr={lr:.2g})")
 

@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from sweeps.cli import compose, user_errors
 from sweeps.errors import ConfigError, close_matches
 from sweeps.paths import CONF_DIR
 
@@ -43,11 +43,6 @@ def _first_value(override) -> str | None:
         return str(values[0]) if values else None
     value = override.value()
     return None if value is None else str(value)
-
-
-def _compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
 
 
 def _refuse_parse(message: str):
@@ -115,17 +110,14 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
         else:
             keys.append(key)
     if keys:
-        try:
-            cfg = _compose(config_name, choices)
-        except HydraException as e:
-            raise ConfigError(str(e)) from None
+        cfg = compose(choices, config_name)
         known = _leaf_keys(cfg)
         for key in keys:
             if key not in known and not _selectable(cfg, key):
                 elsewhere = _options_with_key(key, groups)
                 if elsewhere:
                     group = key.split(".", 1)[0]
-                    full = _compose(config_name, choices, with_hydra=True)
+                    full = compose(choices, config_name, with_hydra=True)
                     chosen = OmegaConf.select(full, f"hydra.runtime.choices.{group}", default=None)
                     raise ConfigError(
                         f"'{key}' is not a key of {group}={chosen or 'the default'}; it is a key of "
@@ -160,8 +152,8 @@ def _check_sweeper(parsed, config_name: str) -> None:
               if (o.key_or_group == "hparams_search" or o.key_or_group.startswith("hydra/"))
               and _first_value(o) is not None]
     try:
-        cfg = _compose(config_name, groups, with_hydra=True)
-    except HydraException:
+        cfg = compose(groups, config_name, with_hydra=True)
+    except ConfigError:
         return  # a wrong group option: reported by the caller
     sweeper = cfg.hydra.sweeper
     ours = OUR_SWEEPER in str(OmegaConf.select(sweeper, "_target_", default=""))
@@ -176,7 +168,7 @@ def _check_sweeper(parsed, config_name: str) -> None:
         if _selectable(sweeper, key[len("hydra.sweeper."):]):
             continue
         if not ours:
-            optuna_cfg = _compose(config_name, [f"hydra/sweeper={OUR_SWEEPER}"], with_hydra=True)
+            optuna_cfg = compose([f"hydra/sweeper={OUR_SWEEPER}"], config_name, with_hydra=True)
             if _selectable(optuna_cfg.hydra.sweeper, key[len("hydra.sweeper."):]):
                 raise ConfigError(needs_ours.format(what=o.input_line))
         name = OUR_SWEEPER if ours else str(OmegaConf.select(sweeper, "_target_", default="this")).rsplit(".", 1)[-1]
@@ -216,9 +208,6 @@ def check_or_exit() -> None:
     if split is None:
         return  # Hydra's parser refuses the line and says why
     flags, overrides = split
-    try:
+    with user_errors():
         check(overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     sys.argv[1:] = [*flags, *overrides]

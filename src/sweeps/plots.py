@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,18 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def percent(v: Any) -> float | None:
+    """A fraction (0.9123) as a percent (91.23); None for a missing or NaN value.
+
+    The one place a fraction becomes a percent, for the figures here and the
+    report's tables alike, so a bar and its table cell cannot disagree.
+    """
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else 100 * v
 
 
 def _series(history: Iterable[Any], key: str) -> tuple[list[int], list[float]]:
@@ -142,7 +154,7 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
             and p.get("n_params")]
     other = [p for p in points if p not in done and p.get("n_params")]
     xs = [float(p["n_params"]) for p in done]
-    ys = [100 * float(p["val_acc"]) for p in done]
+    ys = [percent(p["val_acc"]) for p in done]
     colours = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange"}
     ax.scatter(xs, ys, c=[colours.get(p.get("state", "COMPLETE"), "tab:gray") for p in done], s=30,
                alpha=0.8, zorder=2)
@@ -197,7 +209,7 @@ def axis_bars(axis: str, bars: Sequence[Mapping[str, Any]], path: Path, title: s
                                 (width / 2, "test_acc", "tab:green")):
         if key == "test_acc" and not has_test:
             continue
-        heights = [_pct(b.get(key)) for b in bars]
+        heights = [percent(b.get(key)) for b in bars]
         rects = ax.bar(xs + offset, [h if h is not None else 0 for h in heights], width if has_test else 0.6,
                        color=colour, alpha=0.85, label="validation" if key == "val_acc" else "test")
         for rect, h, b in zip(rects, heights, bars):
@@ -208,7 +220,7 @@ def axis_bars(axis: str, bars: Sequence[Mapping[str, Any]], path: Path, title: s
         ax.set_xticks(xs, [str(b["label"])[:40] for b in bars], fontsize=7, rotation=30, ha="right")
     else:
         ax.set_xticks(xs, [_wrap(str(b["label"]), 18) for b in bars], fontsize=7)
-    vals = [v for b in bars for v in (_pct(b.get("val_acc")), _pct(b.get("test_acc"))) if v is not None]
+    vals = [v for b in bars for v in (percent(b.get("val_acc")), percent(b.get("test_acc"))) if v is not None]
     if vals:
         lo = min(vals)
         ax.set_ylim(max(0.0, lo - 0.15 * max(max(vals) - lo, 5)), min(100.0, max(vals) + 4))
@@ -218,13 +230,6 @@ def axis_bars(axis: str, bars: Sequence[Mapping[str, Any]], path: Path, title: s
     ax.legend(fontsize=8)
     ax.set_title(title or f"ablation: {axis}")
     return _save(fig, path)
-
-
-def _pct(v: Any) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) else 100 * v
 
 
 def _wrap(text: str, width: int = 16) -> str:
@@ -270,8 +275,13 @@ def overlaid_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]
     return _save(fig, path)
 
 
-def optuna_figure(kind: str, study, path: Path, target_name: str = "objective") -> Path:
-    """Optuna's own matplotlib plot (``history`` or ``importances``) of a study, as a PNG."""
+def optuna_figure(kind: str, study, path: Path, target_name: str = "objective",
+                  target: Callable[[Any], float] | None = None) -> Path:
+    """Optuna's own matplotlib plot (``history`` or ``importances``) of a study, as a PNG.
+
+    ``target`` picks the value to plot from a FrozenTrial, as Optuna's plot
+    functions take it: they refuse a multi-objective study without one.
+    """
     import warnings
 
     import optuna.visualization.matplotlib as ovm
@@ -280,9 +290,9 @@ def optuna_figure(kind: str, study, path: Path, target_name: str = "objective") 
     with warnings.catch_warnings(), plt.style.context("default"):
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         if kind == "history":
-            ax = ovm.plot_optimization_history(study, target_name=target_name)
+            ax = ovm.plot_optimization_history(study, target=target, target_name=target_name)
         elif kind == "importances":
-            ax = ovm.plot_param_importances(study, target_name=target_name)
+            ax = ovm.plot_param_importances(study, target=target, target_name=target_name)
         else:
             raise ValueError(f"unknown Optuna figure {kind!r}")
     fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure

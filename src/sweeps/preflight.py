@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,17 +31,14 @@ from typing import Any, NamedTuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.sweeps_optuna_sweeper.storage import sqlite_path
+from sweeps_optuna.storage import sqlite_path
+from sweeps.cli import user_errors
 from sweeps.config import select_or_none as _select
-from sweeps.errors import ConfigError
+from sweeps.errors import ConfigError, DiskUnusable
 
 MIN_FREE_KEY = "paths.min_free_mb"
 DEFAULT_MIN_FREE_MB = 200
 MB = 1024 * 1024
-
-
-class DiskUnusable(ConfigError):
-    """A directory the run writes to cannot be created or written, or its disk is (nearly) full."""
 
 
 class Place(NamedTuple):
@@ -196,11 +192,8 @@ def check_launch(config: DictConfig, multirun: bool) -> None:
 
 
 def check_launch_or_exit(config: DictConfig, multirun: bool) -> None:
-    try:
+    with user_errors():
         check_launch(config, multirun)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 class Preflight(Callback):

@@ -20,15 +20,11 @@ import socket
 import sys
 from pathlib import Path
 
-from hydra_plugins.sweeps_optuna_sweeper.storage import redact, sqlite_path
+from sweeps_optuna.storage import redact, sqlite_path
+from sweeps.cli import fail
 from sweeps.tracking import local_store_uri
 
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
-
-
-def _refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)  # a user error, like every other entrypoint's
 
 
 def _check_database(url: str) -> None:
@@ -45,11 +41,11 @@ def _check_database(url: str) -> None:
             pass
         engine.dispose()
     except ModuleNotFoundError as e:
-        _refuse(f"the database driver for {redact(url)} is not installed ({e}). Install the cluster extras "
+        fail(f"the database driver for {redact(url)} is not installed ({e}). Install the cluster extras "
                 "(pip install -e '.[cluster]', which brings psycopg for postgresql://).")
     except Exception as e:  # noqa: BLE001 - any failure to connect is the user's to fix
         first = redact(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
-        _refuse(f"the MLflow backend store {BACKEND_ENV}={redact(url)} cannot be reached ({first}). Check the host, "
+        fail(f"the MLflow backend store {BACKEND_ENV}={redact(url)} cannot be reached ({first}). Check the host, "
                 "port, database name, user and password, and that the database server is up; create the database "
                 "first (createdb mlflow).")
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 import sys
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from torch import nn
 
+from sweeps.cli import compose, user_errors
 from sweeps.config import validate
-from sweeps.errors import ConfigError
 from sweeps.models import build_model, count_parameters
 from sweeps.overrides import check
-from sweeps.paths import CONF_DIR
 
 
 def layer_table(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, str, str, int]]:
@@ -46,11 +43,7 @@ def layer_table(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, 
 
 def summarize(overrides: list[str]) -> str:
     check(overrides)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        try:
-            cfg = compose("train", overrides=overrides)
-        except HydraException as e:
-            raise ConfigError(str(e)) from None
+    cfg = compose(overrides)
     validate(cfg)
     model = build_model(cfg, for_counting=True)
     ds = cfg.dataset
@@ -75,11 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     if {"-h", "--help"} & set(argv):
         print(f"usage: python -m sweeps.summary [OVERRIDE ...]\n\n{__doc__.strip()}")
         return
-    try:
+    with user_errors():
         print(summarize(argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -20,20 +20,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hydra_plugins.sweeps_optuna_sweeper.storage import has_secret, redact
-from sweeps.config import flatten
+from sweeps_optuna import contract as c
+from sweeps_optuna.storage import has_secret, redact, sqlite_path, sqlite_schema_lock
+from sweeps.config import NOT_EXPERIMENT, flatten, is_experiment_key
 from sweeps.errors import ConfigError
 
-# Config nodes that describe where things are written rather than the model
-# being trained; they are not logged as params.
-_NOT_PARAMS = ("paths", "trial", "tracking", "hydra")
-TAG_STATE = "sweeps.state"
-TAG_REASON = "sweeps.reason"
-# The whole override list of a run whose name had to be shortened.
-TAG_OVERRIDES = "sweeps.overrides"
 # MLflow stores run names in a VARCHAR(250): a database server (PostgreSQL)
 # refuses a longer one, where SQLite would have kept it.
 MAX_RUN_NAME = 250
+PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 
 
 def named(run_name: str, tags: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -46,7 +41,7 @@ def named(run_name: str, tags: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return run_name, tags
     head = run_name[:MAX_RUN_NAME - 4]
     head = head[:head.rfind(",")] if "," in head else head
-    return head + ",...", {**tags, TAG_OVERRIDES: run_name[:5000]}
+    return head + ",...", {**tags, c.TAG_OVERRIDES: run_name[:5000]}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -90,22 +85,50 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+_READY: set[str] = set()
+
+
+def client(cfg: DictConfig):
+    """A client on the run's store; the first use per process checks that a server is up and
+    creates a SQLite store's schema under a file lock, so that sweep processes starting
+    together do not race on MLflow's migrations."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    if uri not in _READY:
+        check_reachable(uri)  # a server that is down: a ConfigError in seconds, not MLflow's minutes of retries
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.MlflowClient()
+    db = sqlite_path(uri)
+    if uri not in _READY and db is not None:
+        with sqlite_schema_lock(db):
+            found.search_experiments(max_results=1)
+    _READY.add(uri)
+    return found
+
+
+def log_params(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Params of a run that is not this process's active run, redacted, in batches."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(_param(v))[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        mlflow_client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
+
+
 def experiment_id(cfg: DictConfig, name: str | None = None) -> str:
     """Get or create the experiment (safe when several trials race to create it)."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     name = name or str(cfg.tracking.experiment)
-    check_reachable(tracking_uri(cfg))
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(name)
+    store = client(cfg)
+    found = store.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location(cfg, name))
+        return store.create_experiment(name, artifact_location=artifact_location(cfg, name))
     except MlflowException:
-        found = client.get_experiment_by_name(name)  # another process created it first
+        found = store.get_experiment_by_name(name)  # another process created it first
         if found is None:
             raise
         return found.experiment_id
@@ -114,7 +137,7 @@ def experiment_id(cfg: DictConfig, name: str | None = None) -> str:
 def config_params(cfg: DictConfig) -> dict[str, Any]:
     params = {}
     for key in cfg:
-        if key in _NOT_PARAMS:
+        if key in NOT_EXPERIMENT:
             continue
         for name, value in flatten(cfg[key], f"{key}."):
             params[name] = value
@@ -161,14 +184,14 @@ class RunRecorder:
         import mlflow
 
         if exc_type is None:
-            mlflow.set_tag(TAG_STATE, self.tags.get(TAG_STATE, "COMPLETE"))
+            mlflow.set_tag(c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
             mlflow.end_run("FINISHED")
             return False
-        status, state = outcome(exc)
-        mlflow.set_tags({TAG_STATE: state, TAG_REASON: redact(_reason(exc))[:5000]})
-        if state == "FAIL":
+        state = state_of(exc)
+        mlflow.set_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:5000]})
+        if state == c.FAIL:
             mlflow.log_text(redact("".join(traceback.format_exception(exc_type, exc, tb))), "traceback.txt")
-        mlflow.end_run(status)
+        mlflow.end_run(c.STATUS_OF_STATE[state])
         return False
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -200,20 +223,23 @@ class RunRecorder:
                     mlflow.log_artifact(str(clean), artifact_path)
 
 
-def outcome(exc: BaseException) -> tuple[str, str]:
-    """(MLflow status, trial state) for a run that ended with ``exc``."""
+def state_of(exc: BaseException) -> str:
+    """The trial state of a run that ended with ``exc`` (Ctrl-C, SIGTERM: INTERRUPTED)."""
     import optuna
 
     if isinstance(exc, optuna.TrialPruned):
-        return "FINISHED", "PRUNED"
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)) or type(exc).__name__ == "Interrupted":
-        return "KILLED", "INTERRUPTED"
-    return "FAILED", "FAIL"
+        return c.PRUNED
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # contract.Interrupted is a KeyboardInterrupt
+        return c.INTERRUPTED_STATE
+    return c.FAIL
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
+    """A user error's own sentence; anything else with its class name in front."""
+    import optuna
+
     text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ValueError) or type(exc).__name__ in ("Diverged", "TrialPruned") else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, (c.UserError, optuna.TrialPruned)) else f"{type(exc).__name__}: {text}"
 
 
 def _param(value: Any) -> Any:
@@ -258,6 +284,6 @@ def log_config_artifacts(recorder: RunRecorder, output_dir: Path) -> None:
 
 def overrides_run_name(overrides: list[str]) -> str:
     """A run name that says what the command line changed, e.g. optim=sgd,optim.lr=0.01."""
-    shown = [o for o in overrides if not o.lstrip("+~").startswith(("trial.", "hydra.", "tracking.", "paths."))]
+    shown = [o for o in overrides if is_experiment_key(o.split("=", 1)[0])]
     return ",".join(shown) or "defaults"
 

@@ -1,7 +1,6 @@
-"""Hydra sweeper ``hydra/sweeper=sweeps_optuna``: Optuna 5 studies with resume, budget and pruning.
+"""Hydra sweeper ``hydra/sweeper=sweeps_optuna``: Optuna studies with resume, budget and pruning.
 
-See :mod:`hydra_plugins.sweeps_optuna_sweeper._impl` for the behaviour and the
-trial counting rule.
+A shim for Hydra's plugin discovery; the sweeper itself is the library
+:mod:`sweeps_optuna` (see :mod:`sweeps_optuna.sweeper` for its behaviour and
+:mod:`sweeps_optuna.contract` for the trial counting rule).
 """
-
-__version__ = "0.1.0"

@@ -3,7 +3,10 @@
 The sweeper accepts the stock ``hydra/sweeper=optuna`` settings unchanged
 (``sampler``, ``direction``, ``storage``, ``study_name``, ``n_trials``,
 ``n_jobs``, ``max_failure_rate``, ``search_space``, ``params``,
-``custom_search_space``) and adds ``pruner`` and ``heartbeat_interval``.
+``custom_search_space``) and adds ``pruner``, ``heartbeat_interval``, the
+study-sharing settings and ``hooks`` (the app's side of a sweep: the group
+``hydra/sweeper/hooks``, whose option ``app`` an app provides in its own
+config tree; see :mod:`.hooks`).
 """
 
 from dataclasses import dataclass, field
@@ -169,7 +172,8 @@ class DistributionConfig:
     step: Optional[float] = None
 
 
-defaults = [{"sampler": "tpe"}, {"pruner": "none"}]
+# _self_ first: the app's hooks option, when there is one, replaces the null below.
+defaults = ["_self_", {"sampler": "tpe"}, {"pruner": "none"}, {"optional hooks": "app"}]
 
 
 @dataclass
@@ -215,10 +219,13 @@ class SweepsOptunaSweeperConf:
     # the same fixed overrides (except those in ``study_ignores``). true: continue
     # it anyway with what this command changed (a wider space, more epochs, ...).
     allow_study_changes: bool = False
-    # Overrides that may differ between the sweeps sharing a study (prefixes).
-    study_ignores: List[str] = field(default_factory=lambda: [
-        "hydra", "tracking.", "paths.", "trial.", "trainer.progress", "trainer.resume", "trainer.num_workers",
-        "trainer.device", "trainer.compile"])
+    # Overrides that may differ between the sweeps sharing a study (prefixes); the
+    # app's hooks add theirs (where it records, how fast it trains).
+    study_ignores: List[str] = field(default_factory=lambda: ["hydra"])
+    # The app's side of a sweep (parameter budget, run records): a _target_ node
+    # naming a hooks.SweepHooks subclass, from the group hydra/sweeper/hooks.
+    # null: a plain Hydra app.
+    hooks: Optional[Any] = None
 
 
 cs = ConfigStore.instance()

@@ -32,6 +32,16 @@ def normalization(aug: DictConfig, ds: DictConfig) -> tuple[list[float], list[fl
     return mean, std
 
 
+def _to_normalized_float(aug: DictConfig, ds: DictConfig) -> list[v2.Transform]:
+    """Scaling to [0, 1], then normalization where the option asks for it: one
+    definition, so that training and evaluation images can never differ in it."""
+    ops: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
+    norm = normalization(aug, ds)
+    if norm:
+        ops.append(v2.Normalize(*norm))
+    return ops
+
+
 def train_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
     ops: list[v2.Transform] = []
     if aug.get("autoaugment"):
@@ -54,10 +64,7 @@ def train_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
         ops.append(v2.RandomHorizontalFlip(float(aug.flip)))
     if aug.get("rotate"):
         ops.append(v2.RandomRotation(float(aug.rotate)))
-    ops.append(v2.ToDtype(torch.float32, scale=True))
-    norm = normalization(aug, ds)
-    if norm:
-        ops.append(v2.Normalize(*norm))
+    ops += _to_normalized_float(aug, ds)
     if aug.get("cutout"):
         # Cutout (DeVries & Taylor) of a fixed size x size square, after
         # normalization so that the hole is the mean colour (zero).
@@ -68,8 +75,4 @@ def train_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
 
 def eval_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
     """Deterministic: scale to [0, 1] and normalize like the training images."""
-    ops: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
-    norm = normalization(aug, ds)
-    if norm:
-        ops.append(v2.Normalize(*norm))
-    return v2.Compose(ops)
+    return v2.Compose(_to_normalized_float(aug, ds))

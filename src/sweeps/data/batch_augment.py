@@ -117,15 +117,26 @@ class BatchAugment:
             r = torch.rand(shape, generator=generator, device=gdev)
         return r.to(device, non_blocking=True)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float32 in [0, 1], then (x - mean) / std: the eval transform, batched."""
-        x = x.to(torch.float32).mul_(1.0 / 255)
+    # Normalization is two steps because training rotates in between (as the
+    # torchvision pipeline does); each is written once, for both paths.
+
+    @staticmethod
+    def _to_unit(x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> [0, 1] the way ``v2.ToDtype(torch.float32, scale=True)`` computes it, so bit-identical."""
+        return x.to(torch.float32).mul_(1.0 / 255)
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std in place, as ``v2.Normalize``; the constants are made once per device."""
         if self.mean is not None:
             dev = x.device
             mean = self._const("mean", dev, lambda: torch.tensor(self.mean, dtype=torch.float32, device=dev).view(-1, 1, 1))
             std = self._const("std", dev, lambda: torch.tensor(self.std, dtype=torch.float32, device=dev).view(-1, 1, 1))
             x = x.sub_(mean).div_(std)
         return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval transform, batched: what evaluation on the device pipeline applies."""
+        return self._standardize(self._to_unit(x))
 
     # -- the ops -----------------------------------------------------------------
 
@@ -199,15 +210,10 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise ValueError(f"BatchAugment expects a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
-        x = self.crop_flip(x, generator)
-        x = x.to(torch.float32).mul_(1.0 / 255)
+        x = self._to_unit(self.crop_flip(x, generator))
         if self.rotate:
             x = self.rotation(x, generator)
-        if self.mean is not None:
-            dev = x.device
-            mean = self._const("mean", dev, lambda: torch.tensor(self.mean, dtype=torch.float32, device=dev).view(-1, 1, 1))
-            std = self._const("std", dev, lambda: torch.tensor(self.std, dtype=torch.float32, device=dev).view(-1, 1, 1))
-            x = x.sub_(mean).div_(std)
+        x = self._standardize(x)
         if self.cutout_size:
             x = self.cutout(x, generator)
         return x

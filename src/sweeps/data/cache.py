@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweeps.data.datasets import Split
+from sweeps.data.splits import Split
 
 log = logging.getLogger("sweeps.data.cache")
 

@@ -1,14 +1,15 @@
-"""Datasets as uint8 image tensors (N, C, H, W) with int64 labels.
+"""The ``dataset`` config node as train/validation/test splits.
 
-Keeping every split as one uint8 tensor (as airbench does) makes a dataset
-cheap to hold in memory or on the GPU, and lets the same splits feed both the
-per-sample torchvision pipeline and batched augmentation.
+The decoders only turn a source (torchvision's CIFAR folders, scikit-learn's
+digits, seeded noise) into a (train, test) pair of uint8 splits; ``load_splits``
+decodes through the cache, so a sweep pays for decoding once, and cuts the
+validation split afterwards, so that changing ``val_fraction`` never
+invalidates the cache.
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,40 +17,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from sweeps.data.cache import cached_decode
+from sweeps.data.splits import Split, Splits, split_off
 from sweeps.errors import ConfigError, DataUnavailable
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class Splits:
-    train: Split
-    val: Split
-    test: Split
-
-
-def _split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """A fixed, seeded (rest, held-out) partition of ``split``."""
-    n = len(split)
-    n_out = int(round(n * fraction))
-    if n_out < 1 or n_out >= n:
-        raise ConfigError(
-            f"a fraction of {fraction} of {n} images leaves an empty split; choose a "
-            "fraction that keeps at least one image on each side."
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    keep, out = perm[n_out:].sort().values, perm[:n_out].sort().values
-    return (
-        Split(split.images[keep], split.labels[keep]),
-        Split(split.images[out], split.labels[out]),
-    )
 
 
 def _cifar(cfg: DictConfig) -> tuple[Split, Split]:
@@ -92,7 +62,7 @@ def _digits(cfg: DictConfig) -> tuple[Split, Split]:
     full = Split(images, torch.from_numpy(digits.target).to(torch.int64))
     # A fixed test split, independent of split_seed, so that test accuracy is
     # comparable across every run on digits.
-    return _split_off(full, float(cfg.test_fraction), 12345)
+    return split_off(full, float(cfg.test_fraction), 12345)
 
 
 def _fake(cfg: DictConfig) -> tuple[Split, Split]:
@@ -117,9 +87,6 @@ def load_splits(cfg: DictConfig) -> Splits:
         raise ConfigError(
             f"dataset.name={cfg.name!r} is not a known dataset; use one of {sorted(_LOADERS)}."
         )
-    # Decoded once per content (in this process and on disk): see sweeps.data.cache.
-    from sweeps.data.cache import cached_decode
-
     train, test = cached_decode(cfg, lambda: _LOADERS[cfg.name](cfg))
-    train, val = _split_off(train, float(cfg.val_fraction), int(cfg.split_seed))
+    train, val = split_off(train, float(cfg.val_fraction), int(cfg.split_seed))
     return Splits(train, val, test)

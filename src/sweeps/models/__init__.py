@@ -51,6 +51,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def model_size(cfg: DictConfig) -> int:
+    """Parameter count of ``cfg.model`` for ``cfg.dataset``, without allocating it: what the
+    budget is checked against before any data is loaded (and by the sweeper before launch)."""
+    return count_parameters(build_model(cfg, for_counting=True))
+
+
 def check_budget(n_params: int, cfg: DictConfig) -> None:
     max_params = cfg.get("budget", {}).get("max_params")
     if max_params is not None and n_params > max_params:

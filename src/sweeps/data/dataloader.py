@@ -1,13 +1,18 @@
-"""Batches for training and evaluation from uint8 splits."""
+"""``trainer.pipeline=dataloader``: per-sample torchvision transforms in a torch DataLoader.
+
+The seeds trained this way, and it is the only path for the options that have
+no batched version (AutoAugment). The LR finder uses ``train_loader`` directly,
+because ``torch_lr_finder`` wants a DataLoader.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sweeps.data.datasets import Split
+from sweeps.data.splits import Split
 
 
 class TransformedSplit(Dataset):
@@ -22,7 +27,8 @@ class TransformedSplit(Dataset):
 
 
 def train_loader(split: Split, transform, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
-    """Per-sample augmentation, reshuffled every epoch from a seeded generator."""
+    """Reshuffled every epoch from its own seeded generator, whose state the
+    engine checkpoints, so that a resumed run continues the same stream."""
     return DataLoader(
         TransformedSplit(split, transform),
         batch_size=batch_size,
@@ -32,13 +38,3 @@ def train_loader(split: Split, transform, batch_size: int, seed: int, num_worker
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
-
-
-def eval_batches(split: Split, transform, batch_size: int, limit: int | None = None) -> Iterator:
-    """Deterministic batches; the transform is applied to a whole batch at once."""
-    n_batches = (len(split) + batch_size - 1) // batch_size
-    if limit is not None:
-        n_batches = min(n_batches, limit)
-    for b in range(n_batches):
-        sl = slice(b * batch_size, (b + 1) * batch_size)
-        yield transform(split.images[sl]), split.labels[sl]

@@ -73,9 +73,9 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def default_storage_url(root: str | Path) -> str:
-    db = Path(root).resolve() / "multirun" / "optuna.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    """The study database when ``hydra.sweeper.storage`` is null: ``<root>/multirun/optuna.db``
+    (only named here; :func:`open_storage` creates it)."""
+    return f"sqlite:///{Path(root).resolve() / 'multirun' / 'optuna.db'}"
 
 
 def open_storage(url: Any) -> Any:

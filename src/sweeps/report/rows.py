@@ -1,0 +1,148 @@
+"""The report's data: one Row per trial, gathered into one Sweep per study.
+
+A trial is read from its MLflow run where it has one (the run holds the
+metrics), else from its Optuna trial (a trial refused before its run started
+still belongs in the table). The names of tags, user attrs and states are the
+sweeper's (``sweeps_optuna.contract``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeps.report.names import name_tokens
+from sweeps_optuna import contract as c
+
+@dataclass
+class Row:
+    run_name: str
+    run_id: str | None = None
+    trial: int | None = None
+    state: str = c.COMPLETE
+    reason: str = ""
+    n_params: int | None = None
+    epochs: int | None = None
+    best_epoch: int | None = None
+    train_acc: float | None = None
+    val_acc: float | None = None
+    test_acc: float | None = None
+    objective: float | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+    best: bool = False
+    values: list[float | None] = field(default_factory=list)  # one per objective of a multi-objective sweep
+    pareto: bool = False
+
+
+@dataclass
+class Sweep:
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    study_name: str | None = None
+    parent_run_id: str | None = None
+    rows: list[Row] = field(default_factory=list)
+    study: Any = None
+    objective: str = "best_val_acc"
+    maximize: bool = True
+    objectives: list[tuple[str, bool]] = field(default_factory=list)  # (metric, maximize); two or more: Pareto
+    budget: int | None = None
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        if self.study_name and self.study_name != self.experiment:
+            return f"{self.experiment} / {self.study_name}"
+        return self.experiment
+
+
+def as_float(value: Any) -> float | None:
+    """A recorded number, or None where it is missing, not a number or NaN (a cell shows '–')."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def as_int(value: Any) -> int | None:
+    """``as_float``, rounded: MLflow keeps every metric (and an int param read back) as a float or string."""
+    v = as_float(value)
+    return None if v is None else int(round(v))
+
+
+def row_from_run(client, run) -> Row:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    # A long name was cut to fit MLflow's 250 characters; the tag keeps every override.
+    name = tags.get(c.TAG_OVERRIDES) or run.info.run_name or tags.get("mlflow.runName") or run.info.run_id
+    state = tags.get(c.TAG_STATE) or c.STATE_OF_STATUS.get(run.info.status, run.info.status)
+    row = Row(run_name=name, run_id=run.info.run_id, trial=as_int(tags.get(c.TAG_TRIAL)), state=state,
+              reason=tags.get(c.TAG_REASON, ""), tokens=name_tokens(name))
+    row.n_params = as_int(params.get("n_params")) or as_int(metrics.get("n_params"))
+    if state == c.COMPLETE:
+        row.epochs = as_int(metrics.get("epochs_run"))
+        row.best_epoch = as_int(metrics.get("best_epoch"))
+        row.val_acc = as_float(metrics.get("best_val_acc"))
+        row.test_acc = as_float(metrics.get("test_acc"))
+        row.train_acc = as_float(metrics.get("train_acc_at_best"))
+    elif "val_acc" in metrics:  # stopped early: its best epoch so far, from the per-epoch history
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        if history:
+            best = max(history, key=lambda m: m.value)
+            row.val_acc, row.best_epoch = best.value, best.step
+            row.epochs = max(m.step for m in history)
+            row.train_acc = next((m.value for m in client.get_metric_history(run.info.run_id, "train_acc")
+                                  if m.step == best.step), None)
+    return row
+
+
+def _trial_reason(attrs: dict[str, Any]) -> str | None:
+    return attrs.get(c.FAIL_REASON) or attrs.get(c.REASON)
+
+
+def row_from_trial(trial) -> Row:
+    """A row for an Optuna trial that has no MLflow run (e.g. refused before it started)."""
+    attrs = trial.user_attrs
+    state = c.trial_state(trial)
+    overrides = attrs.get(c.OVERRIDES)  # the sweeper's command-line overrides of the trial
+    if isinstance(overrides, list) and overrides:
+        name = ",".join(str(o) for o in overrides)
+    else:
+        name = ",".join(f"{k}={v}" for k, v in trial.params.items()) or f"trial {trial.number}"
+    row = Row(run_name=name, trial=trial.number, state=state, reason=str(_trial_reason(attrs) or ""),
+              n_params=as_int(attrs.get(c.N_PARAMS)), tokens=name_tokens(name))
+    if trial.intermediate_values:
+        row.epochs = max(trial.intermediate_values)
+    if state == c.COMPLETE and trial.values:
+        row.objective = trial.values[0]
+    return row
+
+
+def merge_trials(sweep: Sweep) -> None:
+    """Add the Optuna trials that have no MLflow run; fill what a run lacks from its trial.
+
+    The sweeper decides some things before a run exists (the model size, an
+    infeasible verdict), and only the study records them.
+    """
+    if sweep.study is None:
+        return
+    by_run = {r.run_id: r for r in sweep.rows if r.run_id}
+    by_trial = {r.trial: r for r in sweep.rows if r.trial is not None}
+    for trial in sweep.study.get_trials(deepcopy=False):
+        row = by_run.get(trial.user_attrs.get(c.RUN_ID)) or by_trial.get(trial.number)
+        if row is None:
+            sweep.rows.append(row_from_trial(trial))
+            continue
+        if row.trial is None:
+            row.trial = trial.number
+        if row.n_params is None:
+            row.n_params = as_int(trial.user_attrs.get(c.N_PARAMS))
+        if trial.user_attrs.get(c.INFEASIBLE) and row.state != c.INFEASIBLE_STATE:
+            row.state = c.INFEASIBLE_STATE
+        reason = _trial_reason(trial.user_attrs)
+        if not row.reason and reason:
+            row.reason = str(reason)

@@ -1,0 +1,188 @@
+"""This project's side of a ``sweeps_optuna`` sweep: the parameter budget and the MLflow records.
+
+Named in ``conf/hydra/sweeper/hooks/app.yaml``, so every sweep of ``sweeps.train``
+uses it (the plugin itself never imports ``sweeps``).
+
+MLflow layout of a sweep: one parent run per study (run name = study name, tag
+``sweeps.role=parent``), created once and shared by every process of the sweep
+through the study's user attr ``mlflow_parent_run_id``; one child run per
+trial, tagged with the study and trial number when it is created. Trials that
+train are recorded by ``sweeps.train`` itself; trials the sweeper refuses
+without launching are recorded here:
+
+* over ``budget.max_params``: ``sweeps.state=INFEASIBLE``, status FINISHED (the
+  refusal is a decision, nothing failed), param ``n_params``;
+* a config that cannot be built, or a job that failed before it opened its run:
+  ``sweeps.state=FAIL``, status FAILED.
+
+A trial's run is found by its id (the trial's ``mlflow_run_id``) or, when its
+process died before the trial learnt it, by its parent run and trial tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweeps_optuna import contract as c
+from sweeps_optuna.hooks import Outcome, SweepHooks, TrialLink
+from sweeps_optuna.storage import redact
+from sweeps import objectives
+from sweeps.config import NOT_EXPERIMENT, RUNTIME_ONLY
+from sweeps.tracking import client, config_params, experiment_id, log_params, named
+
+log = logging.getLogger(__name__)
+PARENT_WAIT_S = 60  # how long a second process waits for the first to create the parent run
+
+
+def objective_names(cfg: DictConfig) -> list[str]:
+    objective = OmegaConf.select(cfg, "objective")
+    if objective is None:
+        return []
+    return [str(n) for n in objective] if isinstance(objective, ListConfig) else [str(objective)]
+
+
+class SweepsHooks(SweepHooks):
+    counts_params = True
+
+    def bind(self, config: DictConfig) -> None:
+        super().bind(config)
+        tracking = OmegaConf.select(config, "tracking")
+        self.tracked = tracking is not None and bool(tracking.get("enabled", False))
+
+    def directions(self) -> list[str] | None:
+        return [objectives.direction(n) for n in objective_names(self.config)] or None
+
+    def ignored_overrides(self) -> tuple[str, ...]:
+        return tuple(f"{node}." for node in NOT_EXPERIMENT) + RUNTIME_ONLY
+
+    # ---- budget
+
+    def max_params(self, cfg: DictConfig) -> int | None:
+        value = OmegaConf.select(cfg, "budget.max_params")
+        return None if value is None else int(value)
+
+    def count_params(self, cfg: DictConfig) -> int:
+        from sweeps.models import model_size
+
+        return int(model_size(cfg))
+
+    # ---- records
+
+    def open_sweep(self, study: Any, created: bool) -> str | None:
+        """The sweep's parent run, created by the first process and found by the others."""
+        if not self.tracked:
+            return None
+
+        def current() -> str | None:
+            return study._storage.get_study_user_attrs(study._study_id).get(c.PARENT_RUN_ID)
+
+        run_id = current()
+        if run_id is None and not created and not study.get_trials(deepcopy=False):
+            deadline = time.time() + PARENT_WAIT_S  # the process that created the study is making it
+            while run_id is None and time.time() < deadline:
+                time.sleep(1.0)
+                run_id = current()
+        mlflow = client(self.config)
+        if run_id is None or not _exists(mlflow, run_id):
+            run_id = mlflow.create_run(experiment_id(self.config), run_name=study.study_name,
+                                       tags={c.TAG_STUDY: study.study_name, c.TAG_ROLE: c.ROLE_PARENT}).info.run_id
+            study.set_user_attr(c.PARENT_RUN_ID, run_id)
+            log.info(f"MLflow parent run {run_id} (experiment '{self.config.tracking.experiment}')")
+        self.parent_run_id = run_id
+        return run_id
+
+    def job_overrides(self, link: TrialLink) -> dict[str, Any]:
+        if "trial" not in self.config:
+            return {}
+        out: dict[str, Any] = {"trial.study": link.study_name, "trial.storage": link.storage,
+                               "trial.number": link.number}
+        if link.parent_run_id:
+            out["trial.parent_run_id"] = link.parent_run_id
+        return out
+
+    def record_refused(self, link: TrialLink, cfg: DictConfig | None, state: str, reason: str, run_name: str,
+                       n_params: int | None) -> str | None:
+        if not self.tracked:
+            return None
+        cfg = cfg if cfg is not None else self.config  # best effort: the sweep's own config
+        mlflow = client(cfg)
+        tags = {c.TAG_STUDY: link.study_name, c.TAG_TRIAL: str(link.number), c.TAG_STATE: state,
+                c.TAG_REASON: redact(reason)[:5000]}
+        if link.parent_run_id:
+            tags["mlflow.parentRunId"] = link.parent_run_id
+        run_name, tags = named(run_name, tags)
+        run_id = mlflow.create_run(experiment_id(cfg), run_name=run_name, tags=tags).info.run_id
+        try:
+            params = config_params(cfg)
+        except Exception:  # noqa: BLE001 - an unbuildable config may not even resolve
+            params = {}
+        if n_params is not None:
+            params["n_params"] = n_params
+        log_params(mlflow, run_id, params)
+        mlflow.set_terminated(run_id, c.STATUS_OF_STATE[state])
+        return run_id
+
+    def outcome(self, link: TrialLink, trial: Any) -> Outcome | None:
+        """(state, objective values, reason) of a trial's finished run; None while it runs or was killed."""
+        if not self.tracked:
+            return None
+        runs = self._runs_of(link, trial)
+        for run in runs:
+            status, state = run.info.status, run.data.tags.get(c.TAG_STATE)
+            reason = run.data.tags.get(c.TAG_REASON, "")
+            if status == "FINISHED" and state == c.COMPLETE:
+                names = objective_names(self.config)
+                if names and all(n in run.data.metrics for n in names):
+                    return Outcome(c.COMPLETE, [float(run.data.metrics[n]) for n in names])
+            elif status == "FINISHED" and state == c.PRUNED:
+                return Outcome(c.PRUNED, None, reason)
+            elif status == "FAILED":
+                return Outcome(c.FAIL, None, reason)
+        return None
+
+    def close_orphan(self, link: TrialLink, trial: Any, reason: str) -> None:
+        """Every run of the trial still RUNNING ends KILLED (``sweeps.state=INTERRUPTED``)."""
+        if not self.tracked:
+            return
+        mlflow = client(self.config)
+        for run in self._runs_of(link, trial):
+            if run.info.status == "RUNNING":
+                mlflow.set_tag(run.info.run_id, c.TAG_STATE, c.INTERRUPTED_STATE)
+                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(reason))
+                mlflow.set_terminated(run.info.run_id, c.STATUS_OF_STATE[c.INTERRUPTED_STATE])
+
+    def close_sweep(self, results: dict) -> None:
+        parent = getattr(self, "parent_run_id", None)
+        if not self.tracked or not parent:
+            return
+        mlflow = client(self.config)
+        if "best_value" in results:
+            mlflow.log_metric(parent, "best_value", float(results["best_value"]))
+        if mlflow.get_run(parent).info.status != "FINISHED":
+            mlflow.set_terminated(parent, "FINISHED")
+
+    def _runs_of(self, link: TrialLink, trial: Any) -> list:
+        """The trial's MLflow runs: by the id it holds, else by its parent run and trial tags."""
+        mlflow = client(self.config)
+        run_id = trial.user_attrs.get(c.RUN_ID)
+        if run_id:
+            return [mlflow.get_run(run_id)]
+        if not link.parent_run_id:
+            return []
+        parent = mlflow.get_run(link.parent_run_id)
+        return mlflow.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{link.parent_run_id}' and "
+                          f"tags.`{c.TAG_TRIAL}` = '{link.number}'")
+
+
+def _exists(mlflow: Any, run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - deleted, or another store
+        return False

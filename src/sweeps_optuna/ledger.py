@@ -1,0 +1,161 @@
+"""The study's books: exactly ``n_trials`` counted trials, none run twice, none left RUNNING.
+
+Any number of processes on any number of hosts may work on one study; they
+coordinate only through the storage, with these rules (see
+:mod:`.contract` for what counts):
+
+1. **Ask only while there is room**: a process asks for a trial only while
+   counted + RUNNING < n_trials.
+2. **Surplus**: two processes may ask at the same moment. After asking, a trial
+   whose lower-numbered counted-or-running trials already make n_trials is
+   marked FAIL + ``surplus`` and never launched, so the lowest numbers win.
+3. **Reap**: a RUNNING trial whose process is gone (:mod:`.liveness`) is taken
+   over by whichever process sees it first: if its job had finished (its run
+   record says how), the trial is *recovered* with that outcome; otherwise it is
+   marked FAIL + ``interrupted`` and its parameters are queued again, so the
+   point still runs, once.
+4. **Interrupt**: a process stopped by Ctrl-C or SIGTERM does the same to its
+   own running trial before it exits.
+
+Nothing here knows Hydra or the app: the functions take a study and callables,
+so each rule is tested on a real in-memory or SQLite study.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .contract import FAIL_REASON, INTERRUPTED, OWNER, REASON, RECOVERED, SURPLUS, is_counted, is_failure
+from .hooks import Outcome
+from .liveness import owner_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tally:
+    """The study's trials at one moment, read once."""
+
+    trials: List[FrozenTrial]
+    counted: int = 0
+    running: List[FrozenTrial] = field(default_factory=list)
+    failures: List[FrozenTrial] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> "Tally":
+        trials = study.get_trials(deepcopy=False)
+        return cls(trials, sum(is_counted(t) for t in trials), [t for t in trials if t.state == TrialState.RUNNING],
+                   [t for t in trials if is_failure(t)])
+
+    def has_room(self, n_trials: int) -> bool:
+        return self.counted + len(self.running) < n_trials
+
+
+def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: dict) -> Optional[optuna.trial.Trial]:
+    """A new trial owned by ``owner`` (rule 1 is the caller's); None when it turned out surplus."""
+    trial = study.ask(fixed_distributions=fixed_distributions)
+    study._storage.set_trial_user_attr(trial._trial_id, OWNER, owner)
+    return trial if claim(study, trial, n_trials) else None
+
+
+def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool:
+    """Rule 2: keep a just-asked trial, or mark it surplus (FAIL, never launched) when the
+    counted-or-running trials numbered below it already make ``n_trials``."""
+    storage = study._storage
+    ahead = sum(1 for t in storage.get_all_trials(study._study_id, deepcopy=False,
+                                                  states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                          TrialState.FAIL, TrialState.RUNNING))
+                if t.number < trial.number and (is_counted(t) or t.state == TrialState.RUNNING))
+    if ahead < n_trials:
+        return True
+    storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
+    tell_state(study, trial, TrialState.FAIL)
+    return False
+
+
+def tell_state(study: optuna.Study, trial: optuna.trial.Trial, state: TrialState,
+               values: Optional[List[float]] = None) -> None:
+    """``study.tell``, tolerating a sampler whose ``after_trial`` raises once the state is stored.
+
+    The grid sampler does for re-enqueued trials (KeyError 'grid_id') and calls
+    ``study.stop()`` outside ``optimize()`` (RuntimeError); the trial is told all
+    the same, which is what matters here.
+    """
+    try:
+        study.tell(trial, values=values, state=state)
+    except Exception:
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise
+
+
+def interrupt(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
+    """Rule 3's second branch and rule 4: FAIL + ``interrupted``, parameters queued again.
+
+    False when another process finished or took the trial first (nothing done here).
+    """
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        storage.set_trial_user_attr(t._trial_id, FAIL_REASON, reason)
+        if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    study.enqueue_trial(dict(t.params))
+    return True
+
+
+def recover(study: optuna.Study, t: FrozenTrial, state: str, values: Optional[List[float]], reason: str) -> bool:
+    """Rule 3's first branch: finish ``t`` with the outcome its job recorded (``recovered``)."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, RECOVERED, True)
+        if reason:
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON if state == "FAIL" else REASON, reason[:2000])
+        return bool(storage.set_trial_state_values(t._trial_id, TrialState[state], values))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def reap(study: optuna.Study, tally: Tally, stale: Callable[[FrozenTrial], bool],
+         outcome: Optional[Callable[[FrozenTrial], Optional[Outcome]]] = None,
+         on_orphan: Optional[Callable[[FrozenTrial], None]] = None) -> int:
+    """Take over every stale RUNNING trial of ``tally`` (rule 3); returns how many were reaped.
+
+    ``outcome(t)`` says how the trial's job ended when it had, else None;
+    ``on_orphan(t)`` closes the records of a trial that did not finish. ``tally``
+    is updated to match, so the caller need not read the study again.
+    """
+    n_dirs = len(study.directions)
+    reaped = 0
+    for t in list(tally.running):
+        if not stale(t):
+            continue
+        ended = outcome(t) if outcome is not None else None
+        if ended is not None and (ended.state != "COMPLETE" or len(ended.values or ()) == n_dirs):
+            state, values = ended.state, ended.values
+            if recover(study, t, state, values, ended.reason):
+                log.warning(f"trial {t.number} was left RUNNING by a process that is gone ({owner_text(t)}), but its "
+                            f"job had ended: recorded {state}"
+                            + (f" {values if len(values) > 1 else values[0]}" if values else ""))
+                tally.counted += 1
+                tally.running.remove(t)
+                if state == "FAIL":
+                    tally.failures.append(t)
+                reaped += 1
+            continue
+        if not interrupt(study, t, "its process is gone (killed)"):
+            log.debug(f"trial {t.number}: taken over by another process first")
+            continue
+        log.warning(f"trial {t.number} was left RUNNING by a process that is gone ({owner_text(t)}): "
+                    "marked FAIL (interrupted) and queued again")
+        tally.running.remove(t)
+        reaped += 1
+        if on_orphan is not None:
+            on_orphan(t)
+    return reaped

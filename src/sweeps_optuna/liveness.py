@@ -1,0 +1,116 @@
+"""Whether the process that runs a trial is still alive.
+
+Each running trial carries one ``owner`` record (host, pid, the pid's start
+time, and the time of its last heartbeat), written in a single storage write
+when the trial is asked and rewritten every ``heartbeat_interval`` seconds, so
+a kill can never leave half an owner behind. A RUNNING trial is stale when
+
+* its owner is on this host and that process is gone (or its pid was reused):
+  at once, without waiting for a heartbeat;
+* its owner is on another host and its last heartbeat is older than
+  ``STALE_HEARTBEATS`` intervals;
+* it has no owner at all (its process died between Optuna's ``ask`` and the
+  first write) and it started more than one heartbeat interval ago.
+
+Why not Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)`` with
+``fail_stale_trials``)? It marks a stale trial FAIL first and only then calls
+its callback, and a finished trial can no longer be changed
+(``UpdateFinishedTrialError``). So it cannot mark the trial ``interrupted`` (which
+keeps it out of the count), nor record the result of a job that had finished
+before its sweep process died; it has no same-host shortcut (a dead local pid
+waits for the grace period), and Optuna's journal storage has no heartbeat at
+all. ``tests/test_ledger.py`` shows the first point on a real study.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from optuna.trial import FrozenTrial
+
+from .contract import OWNER
+
+STALE_HEARTBEATS = 4
+
+
+def pid_start(pid: int) -> Optional[str]:
+    """The start time of ``pid`` (``/proc/<pid>/stat`` field 22), None when gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def alive(pid: int, start: Optional[str]) -> bool:
+    """Whether the process ``pid`` that started at ``start`` still runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if Path("/proc").is_dir():
+        now = pid_start(pid)
+        if now is None:
+            return False  # gone or a zombie
+        if start is not None and now != start:
+            return False  # the pid was reused
+    return True
+
+
+def this_process() -> Dict[str, Any]:
+    """The owner record of a trial run by this process, with a fresh heartbeat."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": pid_start(pid), "beat": time.time()}
+
+
+def owner_text(t: FrozenTrial) -> str:
+    owner = t.user_attrs.get(OWNER) or {}
+    return f"{owner.get('host', '?')}:{owner.get('pid', '?')}" if owner else "an unknown process"
+
+
+def is_stale(t: FrozenTrial, interval: Optional[float], now: Optional[float] = None) -> bool:
+    """Whether the RUNNING trial ``t``'s process is gone (see the module docstring)."""
+    now = time.time() if now is None else now
+    owner = t.user_attrs.get(OWNER)
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        return interval is not None and started is not None and now - started > interval
+    if owner.get("host") == socket.gethostname():
+        return not alive(owner["pid"], owner.get("pid_start"))
+    beat = owner.get("beat")
+    return interval is not None and isinstance(beat, (int, float)) and now - beat > STALE_HEARTBEATS * interval
+
+
+class Heartbeat:
+    """Rewrites a running trial's owner record every ``interval`` seconds, in a thread."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: Optional[float]):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval:
+            self.thread = threading.Thread(target=self._run, daemon=True, name="sweeps-heartbeat")
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, OWNER, this_process())
+            except Exception:  # finished meanwhile, or the database is busy: try next time
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)

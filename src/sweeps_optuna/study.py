@@ -1,0 +1,154 @@
+"""The study a sweep runs in: directions, sampler, pruner, and one study per sweep.
+
+A study is created by the first sweep process and loaded by every later one
+(workers, a second host, a re-run that resumes it). It remembers what made it
+(its *signature*: search space and fixed overrides), so that a different
+command under the same study name is refused instead of silently mixing two
+experiments in one search.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Any, Dict, List, MutableSequence, Optional, Sequence, Tuple
+
+import optuna
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import BaseDistribution, distribution_to_json
+
+
+from .contract import SIGNATURE, UserError, is_counted
+from .storage import open_storage, redact
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("minimize", "maximize")
+WORKER_SEED_STRIDE = 7919  # a prime: worker k's sampler seed is seed + k * stride
+
+
+def resolve_directions(raw: Any, from_app: Optional[List[str]]) -> List[str]:
+    """``hydra.sweeper.direction`` (one or a list), else the app's, else minimize (the stock default)."""
+    if raw is None:
+        return list(from_app) if from_app else ["minimize"]
+    items = list(raw) if isinstance(raw, (MutableSequence, ListConfig, tuple)) else [raw]
+    names = [d.name if isinstance(d, Enum) else str(d).lower() for d in items]  # the config's Direction enum
+    bad = [n for n in names if n not in DIRECTIONS]
+    if bad or not names:
+        raise UserError(f"hydra.sweeper.direction={raw!s} is not minimize or maximize (or a list of them, one per "
+                        "objective); write e.g. hydra.sweeper.direction=maximize, or leave it null to follow "
+                        "the task's objective.")
+    return names
+
+
+def is_grid(sampler_cfg: Any) -> bool:
+    return isinstance(sampler_cfg, DictConfig) and get_class(sampler_cfg._target_) is optuna.samplers.GridSampler
+
+
+def build_sampler(cfg: Any, grid: Optional[Dict[str, List[Any]]], worker_index: int) -> optuna.samplers.BaseSampler:
+    """The sampler from its config node; keys left null are not passed (the sampler's own default)."""
+    if not isinstance(cfg, DictConfig):
+        return cfg  # already a sampler (e.g. set from Python)
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    cls = get_class(spec.pop("_target_"))
+    spec.pop("_partial_", None)
+    spec = {k: v for k, v in spec.items() if v is not None}
+    for key, value in spec.items():
+        if isinstance(value, dict) and "_target_" in value:
+            spec[key] = instantiate(value)  # e.g. independent_sampler
+    if grid is not None:
+        spec["search_space"] = grid
+    if spec.get("seed") is not None and worker_index:
+        spec["seed"] = int(spec["seed"]) + WORKER_SEED_STRIDE * worker_index  # workers must not mirror each other
+    return cls(**spec)
+
+
+def build_pruner(cfg: Any) -> optuna.pruners.BasePruner:
+    return instantiate(cfg) if cfg else optuna.pruners.NopPruner()
+
+
+def signature(dists: Dict[str, BaseDistribution], fixed: Dict[str, str],
+              ignores: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """What makes a sweep this sweep: its searched and fixed keys, less those that may differ."""
+    def kept(name: str) -> bool:
+        return not name.startswith(tuple(ignores))
+
+    return {"search_space": {name: distribution_to_json(d) for name, d in sorted(dists.items()) if kept(name)},
+            "fixed": {name: str(v) for name, v in sorted(fixed.items()) if kept(name)}}
+
+
+def differences(theirs: Dict[str, Dict[str, str]], mine: Dict[str, Dict[str, str]]) -> List[str]:
+    """What another sweep's signature has that this one's has not, as short phrases."""
+    changes = []
+    searched = set(theirs.get("search_space", {})) | set(mine["search_space"])
+    for part in ("fixed", "search_space"):
+        old, new = theirs.get(part, {}), mine[part]
+        for name in sorted(set(old) | set(new)):
+            if part == "fixed" and name in searched:
+                continue  # fixed in one sweep, searched in the other: said below
+            if old.get(name) == new.get(name):
+                continue
+            if part == "fixed":
+                was = f"{name}={old[name]}" if name in old else f"no {name}"
+                now = f"{name}={new[name]}" if name in new else f"no {name}"
+                changes.append(f"{was} there, {now} here")
+            elif name in old and name in new:
+                changes.append(f"{name} searched over other values here")
+            else:
+                changes.append(f"{name} searched {'there' if name in old else 'here'} only")
+    return changes
+
+
+def open_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+               directions: List[str]) -> Tuple[optuna.Study, bool]:
+    """(the study, whether this process created it); a storage that cannot be opened is the user's to fix."""
+    try:
+        storage = open_storage(storage_url)
+        try:
+            return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                       directions=directions, load_if_exists=False), True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except Exception as e:  # noqa: BLE001 - a URL, server or driver problem; said in one paragraph
+        first = redact(str(e).splitlines()[0]) if str(e) else ""
+        raise UserError(
+            f"The Optuna storage hydra.sweeper.storage={redact(str(storage_url))} cannot be opened "
+            f"({type(e).__name__}: {first}). Check the URL, that the database server is up and its driver "
+            "installed (e.g. psycopg for postgresql://: pip install -e .[cluster]), or leave "
+            "hydra.sweeper.storage=null for the SQLite study in multirun/optuna.db.") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise UserError(f"Study '{name}' in {redact(str(storage_url))} optimizes {have}, but this sweep asks for "
+                        f"{directions}. Use another hydra.sweeper.study_name, or delete the study "
+                        f"(optuna delete-study --study-name {name} --storage {redact(str(storage_url))}).")
+    return study, False
+
+
+def claim_or_check(study: optuna.Study, created: bool, mine: Dict[str, Dict[str, str]], storage_url: Any,
+                   allow_changes: bool) -> None:
+    """Stamp a new study with this sweep's signature, or refuse to mix this sweep into another's.
+
+    Re-running a command resumes its study; a different command under the same
+    study name would silently add its trials to the old ones, compare them as
+    one search and report the old best.
+    """
+    theirs = None if created else study.user_attrs.get(SIGNATURE)
+    if not isinstance(theirs, dict):
+        study.set_user_attr(SIGNATURE, mine)  # new, or made before signatures were kept
+        return
+    changes = differences(theirs, mine)
+    if not changes:
+        return
+    listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    if allow_changes:
+        log.warning(f"Study '{study.study_name}' continues with changes (hydra.sweeper.allow_study_changes=true): "
+                    f"{listed}.")
+        return
+    done = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
+    raise UserError(
+        f"Study '{study.study_name}' in {redact(str(storage_url))} was made by another sweep ({listed}); its {done} "
+        "trial(s) would be mixed with this sweep's. Re-run that sweep's command to resume it; or give this sweep "
+        "its own study with hydra.sweeper.study_name=<new name> (and tracking.experiment=<new name> for its own "
+        "MLflow experiment); or continue the old study with these changes on purpose with "
+        "hydra.sweeper.allow_study_changes=true.")

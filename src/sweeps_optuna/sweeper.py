@@ -1,0 +1,256 @@
+"""The ``sweeps_optuna`` sweeper behind the Hydra plugin: Optuna ask/tell around Hydra jobs, no batch barrier.
+
+Storage and resume
+    The study lives in ``storage`` (default: SQLite at
+    ``<original cwd>/multirun/optuna.db``; any RDB URL; or
+    ``journal:///path/file.log``) under ``study_name`` (default: the
+    ``hparams_search`` config name, else the task name). Re-running the same
+    command continues the study: ``n_trials`` is the study's total
+    (:mod:`.ledger` keeps the count, :mod:`.study` refuses another sweep's study).
+
+The loop
+    Every process (the sweep process and its ``n_jobs - 1`` workers,
+    :mod:`.workers`) repeats: take over stale trials, stop when the study is
+    full or has failed too often, ask one trial, run it (:mod:`.trial_runner`),
+    tell its outcome. Ctrl-C / SIGTERM marks the running trial interrupted and
+    exits 130; re-running resumes.
+
+This module knows nothing of the app: whatever a trial means beyond its
+overrides reaches the sweeper through the hooks (:mod:`.hooks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial
+
+from . import budget, ledger, results, search_space, study as studies, workers
+from .contract import Interrupted, UserError, is_counted
+from .hooks import Outcome, SweepHooks, TrialLink, load_hooks
+from .liveness import is_stale, owner_text, this_process
+from .storage import default_storage_url, redact
+from .trial_runner import TrialRunner, safe_storage_reference
+
+log = logging.getLogger(__name__)
+
+
+def _refuse(error: UserError) -> None:
+    """A user error before any trial ran: one paragraph, exit status 2, no traceback."""
+    text = str(error)
+    log.error(text[:1].upper() + text[1:])
+    sys.exit(2)
+
+
+class SweepsOptunaSweeperImpl(Sweeper):
+    def __init__(self, sampler: Any, direction: Any, storage: Optional[Any], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, max_failure_rate: float, search_space: Optional[DictConfig],
+                 params: Optional[DictConfig], custom_search_space: Optional[str], pruner: Any = None,
+                 heartbeat_interval: Optional[int] = 60, allow_study_changes: bool = False,
+                 study_ignores: Sequence[str] = (), hooks: Any = None) -> None:
+        self.sampler_cfg, self.direction, self.storage, self.study_name = sampler, direction, storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.search_space, self.params, self.pruner_cfg = search_space, params, pruner
+        self.custom_search_space_path = custom_search_space
+        self.heartbeat_interval = int(heartbeat_interval) if heartbeat_interval else None
+        self.allow_study_changes = bool(allow_study_changes)
+        self.study_ignores = tuple(str(p) for p in study_ignores)
+        self.hooks_cfg = hooks
+        self.current: Optional[optuna.trial.Trial] = None
+        self.workers: List[Any] = []
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        # ${hydra:...} interpolations (e.g. paths under hydra.runtime.cwd) resolve in the sweep process too.
+        HydraConfig.instance().set_config(config)
+        self.config_loader = hydra_context.config_loader
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.sweep_dir = str(config.hydra.sweep.dir)
+        self.worker_index = workers.worker_index()
+        self.is_worker = self.worker_index > 0
+
+    def compose(self, overrides: List[str]) -> DictConfig:
+        return self.config_loader.load_sweep_config(self.config, list(overrides))
+
+    # ------------------------------------------------------------------ settings
+
+    def _check_settings(self) -> None:
+        def whole(value: Any) -> Optional[int]:
+            try:
+                return int(value) if float(value).is_integer() and not isinstance(value, bool) else None
+            except (TypeError, ValueError):
+                return None
+
+        n_trials, n_jobs = whole(self.n_trials), whole(self.n_jobs)
+        if n_trials is None or n_trials < 1:
+            raise UserError(f"hydra.sweeper.n_trials={self.n_trials} must be a whole number >= 1: the study's total "
+                            "number of trials, e.g. hydra.sweeper.n_trials=20.")
+        if n_jobs is None or n_jobs < 1:
+            raise UserError(f"hydra.sweeper.n_jobs={self.n_jobs} must be a whole number >= 1: the processes that "
+                            "train side by side (1: this one only).")
+        try:
+            rate = float(self.max_failure_rate)
+        except (TypeError, ValueError):
+            rate = -1.0
+        if not 0.0 <= rate <= 1.0:
+            raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must lie in [0, 1]: the "
+                            "fraction of n_trials that may fail before the sweep stops, e.g. 0.25.")
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, rate
+
+    def _space(self, arguments: List[str]) -> None:
+        if self.search_space and not self.params:
+            log.warning("hydra.sweeper.search_space is deprecated; use hydra.sweeper.params")
+        try:
+            self.dists, self.fixed = search_space.build(self.params, self.search_space, arguments)
+        except ValueError as e:
+            raise UserError(f"The search space cannot be built: {str(e).rstrip('.')}. Check hydra.sweeper.params "
+                            "and the command line: an interval(low, high) needs low < high (and low > 0 under "
+                            "tag(log, ...)), a choice(...) at least one value.") from None
+        self.grid, self.n_trials_total = None, self.n_trials
+        if studies.is_grid(self.sampler_cfg):
+            self.grid = {}
+            for name, dist in self.dists.items():
+                values = search_space.grid_values(dist)
+                if values is None:
+                    raise UserError(f"The grid sampler needs finite parameters; {name} is continuous (use "
+                                    "choice(...) or range(...)), or choose another sampler.")
+                self.grid[name] = values
+            size = math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+            if size < self.n_trials:
+                log.info(f"n_trials {self.n_trials} -> {size}: the grid has {size} points")
+            self.n_trials_total = min(self.n_trials, size)
+
+    # ------------------------------------------------------------------ sweep
+
+    def sweep(self, arguments: List[str]) -> Any:
+        started = time.perf_counter()
+        cfg = self.config
+        try:
+            self._check_settings()
+            self.hooks: SweepHooks = load_hooks(self.hooks_cfg, cfg)
+            self.custom_search_space: Optional[Callable] = (
+                get_method(self.custom_search_space_path) if self.custom_search_space_path else None)
+            self._space(arguments)
+            directions = studies.resolve_directions(self.direction, self.hooks.directions())
+            name = self.study_name or OmegaConf.select(cfg, "hydra.runtime.choices.hparams_search") \
+                or str(cfg.hydra.job.name)
+            self.storage_url = str(self.storage or default_storage_url(cfg.hydra.runtime.cwd))
+            limit = self.hooks.max_params(cfg) if self.hooks.counts_params else None
+            if not self.is_worker and limit is not None and not self.custom_search_space:
+                # before the study exists: a refusal leaves none behind
+                budget.check_feasible(self.dists, self.fixed, limit, self.hooks, self.compose)
+            sampler = studies.build_sampler(self.sampler_cfg, self.grid, self.worker_index)
+            pruner = studies.build_pruner(self.pruner_cfg)
+            self.study, created = studies.open_study(name, self.storage_url, sampler, pruner, directions)
+            ignores = self.study_ignores + tuple(self.hooks.ignored_overrides())
+            studies.claim_or_check(self.study, created, studies.signature(self.dists, self.fixed, ignores),
+                                   self.storage_url, self.allow_study_changes)
+            role = f"worker {self.worker_index}" if self.is_worker else "sweep"
+            done = sum(is_counted(t) for t in self.study.get_trials(deepcopy=False))
+            log.info(f"[{role}] study '{name}' in {redact(self.storage_url)}: {done}/{self.n_trials_total} trials "
+                     f"done | sampler {type(sampler).__name__} | pruner {type(pruner).__name__} | directions "
+                     f"{directions} | n_jobs {1 if self.is_worker else self.n_jobs}")
+            self.parent_run_id = self.hooks.open_sweep(self.study, created)
+        except UserError as e:
+            _refuse(e)
+        self.runner = TrialRunner(self.study, self.hooks, self.launcher, self.compose, self.fixed, self.link,
+                                  self.heartbeat_interval, self.custom_search_space, cfg)
+        Interrupted.on_sigterm()
+        code = 0
+        try:
+            n_jobs = min(self.n_jobs, self._left())  # never more processes than trials left
+            if not self.is_worker and n_jobs > 1:
+                self.workers = workers.spawn(n_jobs, self.sweep_dir, str(cfg.hydra.runtime.cwd))
+            code = self._work()
+        except KeyboardInterrupt as e:
+            self._interrupt_current(f"interrupted ({type(e).__name__}: {e})")
+            workers.stop(self.workers, signal.SIGTERM)
+            log.error(f"Interrupted: the running trial is marked FAIL (interrupted=True) and queued again. "
+                      f"Re-run the same command to resume the study '{self.study.study_name}'.")
+            sys.exit(130)
+        codes = workers.wait(self.workers)
+        if self.is_worker:
+            sys.exit(code)
+        if any(codes) and code == 0:
+            code = next(c for c in codes if c)
+            log.error(f"a worker process exited with status {code}; see {self.sweep_dir}/workers/")
+        self._finish(time.perf_counter() - started)
+        if code:
+            sys.exit(code)
+        return None
+
+    def link(self, number: int) -> TrialLink:
+        return TrialLink(self.study.study_name, safe_storage_reference(self.storage_url), number, self.parent_run_id)
+
+    def _left(self) -> int:
+        return max(self.n_trials_total - sum(is_counted(t) for t in self.study.get_trials(deepcopy=False)), 1)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _work(self) -> int:
+        study, n_trials = self.study, self.n_trials_total
+        while True:
+            tally = ledger.Tally.of(study)
+            ledger.reap(study, tally, lambda t: is_stale(t, self.heartbeat_interval), self._outcome,
+                        self._close_orphan)
+            if len(tally.failures) > self.max_failure_rate * n_trials:
+                last = tally.failures[-1]
+                log.error(f"{len(tally.failures)} of the {n_trials} trials failed, more than "
+                          f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows; stopping. Last failure "
+                          f"(trial {last.number}): {last.user_attrs.get('fail_reason', 'unknown')}. Fix the cause, "
+                          "or raise max_failure_rate, and re-run the same command to continue the study.")
+                return 1
+            if not tally.has_room(n_trials):
+                return 0
+            trial = ledger.ask(study, n_trials, self.dists, this_process())
+            if trial is None:
+                continue  # surplus: another process filled the study first
+            self.current = trial
+            self.runner.run(trial)
+            self.current = None
+
+    def _outcome(self, t: FrozenTrial) -> Optional[Outcome]:
+        try:
+            return self.hooks.outcome(self.link(t.number), t)
+        except Exception as e:  # noqa: BLE001 - unknown: treat the trial as interrupted
+            log.warning(f"could not read how trial {t.number}'s job ended ({e})")
+            return None
+
+    def _close_orphan(self, t: FrozenTrial) -> None:
+        try:
+            self.hooks.close_orphan(self.link(t.number), t, f"process {owner_text(t)} was killed")
+        except Exception as e:  # noqa: BLE001 - its record stays as it is; the trial runs again
+            log.warning(f"could not close the run of trial {t.number} ({e})")
+
+    def _interrupt_current(self, reason: str) -> None:
+        trial, self.current = self.current, None
+        if trial is None:
+            return
+        try:
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            if not frozen.state.is_finished() and ledger.interrupt(self.study, frozen, reason):
+                log.warning(f"trial {trial.number} interrupted: marked FAIL (interrupted=True) and queued again")
+        except Exception as e:  # noqa: BLE001 - the next run reaps it
+            log.error(f"could not mark trial {trial.number} as interrupted ({e}); the next run will reap it")
+
+    def _finish(self, wall: float) -> None:
+        out: Dict[str, Any] = results.finish(self.study, self.n_trials_total, self.storage_url, self.sweep_dir, wall,
+                                             self.compose)
+        if out["counted_trials"] >= self.n_trials_total:
+            try:
+                self.hooks.close_sweep(out)
+            except Exception as e:  # noqa: BLE001 - the study is complete either way
+                log.warning(f"could not close the sweep's parent run ({e})")
