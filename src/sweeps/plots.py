@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sweeps_optuna.contract import COMPLETE, PRUNED  # noqa: E402
+
 log = logging.getLogger("sweeps.plots")
 
 DPI = 110
@@ -155,10 +157,10 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
     other = [p for p in points if p not in done and p.get("n_params")]
     xs = [float(p["n_params"]) for p in done]
     ys = [percent(p["val_acc"]) for p in done]
-    colours = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange"}
-    ax.scatter(xs, ys, c=[colours.get(p.get("state", "COMPLETE"), "tab:gray") for p in done], s=30,
+    colours = {COMPLETE: "tab:blue", PRUNED: "tab:orange"}
+    ax.scatter(xs, ys, c=[colours.get(p.get("state", COMPLETE), "tab:gray") for p in done], s=30,
                alpha=0.8, zorder=2)
-    front = [i for i in pareto_front(list(zip(xs, ys))) if done[i].get("state", "COMPLETE") == "COMPLETE"]
+    front = [i for i in pareto_front(list(zip(xs, ys))) if done[i].get("state", COMPLETE) == COMPLETE]
     if front:
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:red", markersize=8,
                 markerfacecolor="none", zorder=3, label="Pareto front (complete runs)")
@@ -170,7 +172,7 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
         ax.scatter([float(p["n_params"]) for p in other], [floor] * len(other), marker="x", color="black",
                    zorder=2, label="no accuracy (failed / over budget)")
     for state, colour in colours.items():
-        if any(p.get("state", "COMPLETE") == state for p in done):
+        if any(p.get("state", COMPLETE) == state for p in done):
             ax.scatter([], [], color=colour, label=state.lower())
     if budget:
         ax.axvline(float(budget), color="tab:red", linestyle=":", label=f"budget {int(budget):,} params")

@@ -30,7 +30,7 @@ from typing import Callable, List, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .contract import FAIL_REASON, INTERRUPTED, OWNER, REASON, RECOVERED, SURPLUS, is_counted, is_failure
+from .contract import COMPLETE, FAIL, FAIL_REASON, INTERRUPTED, OWNER, REASON, RECOVERED, SURPLUS, is_counted, is_failure
 from .hooks import Outcome
 from .liveness import owner_text
 
@@ -116,7 +116,7 @@ def recover(study: optuna.Study, t: FrozenTrial, state: str, values: Optional[Li
     try:
         storage.set_trial_user_attr(t._trial_id, RECOVERED, True)
         if reason:
-            storage.set_trial_user_attr(t._trial_id, FAIL_REASON if state == "FAIL" else REASON, reason[:2000])
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON if state == FAIL else REASON, reason[:2000])
         return bool(storage.set_trial_state_values(t._trial_id, TrialState[state], values))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
@@ -137,7 +137,7 @@ def reap(study: optuna.Study, tally: Tally, stale: Callable[[FrozenTrial], bool]
         if not stale(t):
             continue
         ended = outcome(t) if outcome is not None else None
-        if ended is not None and (ended.state != "COMPLETE" or len(ended.values or ()) == n_dirs):
+        if ended is not None and (ended.state != COMPLETE or len(ended.values or ()) == n_dirs):
             state, values = ended.state, ended.values
             if recover(study, t, state, values, ended.reason):
                 log.warning(f"trial {t.number} was left RUNNING by a process that is gone ({owner_text(t)}), but its "
@@ -145,7 +145,7 @@ def reap(study: optuna.Study, tally: Tally, stale: Callable[[FrozenTrial], bool]
                             + (f" {values if len(values) > 1 else values[0]}" if values else ""))
                 tally.counted += 1
                 tally.running.remove(t)
-                if state == "FAIL":
+                if state == FAIL:
                     tally.failures.append(t)
                 reaped += 1
             continue

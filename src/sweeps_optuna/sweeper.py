@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 
 from . import budget, ledger, results, search_space, study as studies, workers
-from .contract import Interrupted, UserError, is_counted
+from .contract import FAIL_REASON, Interrupted, UserError, is_counted
 from .hooks import Outcome, SweepHooks, TrialLink, load_hooks
 from .liveness import is_stale, owner_text, this_process
 from .storage import default_storage_url, redact
@@ -210,7 +210,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 last = tally.failures[-1]
                 log.error(f"{len(tally.failures)} of the {n_trials} trials failed, more than "
                           f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows; stopping. Last failure "
-                          f"(trial {last.number}): {last.user_attrs.get('fail_reason', 'unknown')}. Fix the cause, "
+                          f"(trial {last.number}): {last.user_attrs.get(FAIL_REASON, 'unknown')}. Fix the cause, "
                           "or raise max_failure_rate, and re-run the same command to continue the study.")
                 return 1
             if not tally.has_room(n_trials):
