@@ -44,8 +44,27 @@ from sweeps.models import build_model, count_parameters
 from sweeps.paths import CONF_DIR
 
 EPOCH_IMAGES = 50_000
-# Dense bf16 tensor-core peaks, TFLOP/s (SXM parts; the PCIe/NVL ones are lower).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks, TFLOP/s, by a substring of
+# torch.cuda.get_device_name(); the first key found in the name wins, so the more
+# specific keys come first ("H100 PCIe" before "H100", "A100" before "A10", "L40S"
+# before "L4"). Sources: NVIDIA's datasheets (H100 and H200 Tensor Core GPU,
+# A100, L4, L40, L40S, A10, DGX/HGX B200), whose bf16 figures are quoted with
+# sparsity and halved here. benchmarks/gpu_check.py reads this table (by parsing
+# this file: it must stay a literal dict).
+PEAK_TFLOPS = {
+    "GH200": 989.0,      # Grace Hopper: the H100 SXM's tensor cores
+    "H200 NVL": 835.0,   # 1,671 sparse
+    "H200": 989.0,       # H200 SXM, 1,979 sparse
+    "H100 NVL": 835.0,   # 1,671 sparse
+    "H100 PCIe": 756.0,  # 1,513 sparse
+    "H100": 989.0,       # H100 SXM ("NVIDIA H100 80GB HBM3"), 1,979 sparse
+    "B200": 2250.0,      # HGX B200, 4.5 PFLOP/s sparse per GPU
+    "A100": 312.0,       # SXM and PCIe, 624 sparse
+    "L40S": 362.0,       # 733 sparse
+    "L40": 181.0,        # 362 sparse
+    "L4": 121.0,         # 242 sparse
+    "A10": 125.0,        # A10 (not A10G), 250 sparse
+}
 
 
 def compose(args):
@@ -130,14 +149,15 @@ def make_step(model, optimizer, device, amp_dtype):
     return step
 
 
-def timed_run(cfg, splits, device, batch_size, steps, warmup, ours: bool, workers: int, compile_model: bool):
+def timed_run(cfg, splits, device, batch_size, steps, warmup, ours: bool, workers: int, compile_model: bool,
+              compile_backend: str = "inductor"):
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     cuda = device.type == "cuda"
     if ours and cuda:
         model = model.to(memory_format=torch.channels_last)
     if ours and compile_model:
-        model.compile()
+        model.compile(backend=compile_backend)
     optimizer = build_optimizer(cfg, model)
     if ours:
         loader = DeviceLoader(splits.train, BatchAugment(cfg.augment, cfg.dataset), batch_size, device, 0,
@@ -245,6 +265,10 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=5, help="trials in the mini sweep (0: skip it)")
     p.add_argument("--trial-steps", type=int, default=None, help="steps per mini-sweep trial (default: 20 CUDA, 1 CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend with --compile (eager: Dynamo alone, for a quick CPU check)")
+    p.add_argument("--pipelines", nargs="+", choices=["ours", "reference"], default=["ours", "reference"],
+                   help="which trainings to time (the ratio line needs both)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. dataset.train_size=5000")
     args = p.parse_args(argv)
 
@@ -276,20 +300,27 @@ def main(argv=None) -> int:
     for bs in batch_sizes:
         if data_batches:
             rates = {name: data_only(cfg, splits, device, bs, data_batches, ours, args.workers)
-                     for name, ours in (("ours", True), ("reference", False))}
-            print(f"data bs={bs} ours_images_per_s={rates['ours']:.1f} reference_images_per_s={rates['reference']:.1f} "
-                  f"speedup={rates['ours'] / rates['reference']:.2f} (input pipeline alone, no model)")
+                     for name, ours in (("ours", True), ("reference", False)) if name in args.pipelines}
+            if len(rates) == 2:
+                print(f"data bs={bs} ours_images_per_s={rates['ours']:.1f} "
+                      f"reference_images_per_s={rates['reference']:.1f} "
+                      f"speedup={rates['ours'] / rates['reference']:.2f} (input pipeline alone, no model)")
         speeds = {}
         for name, ours in (("ours", True), ("reference", False)):
-            ips, mem = timed_run(cfg, splits, device, bs, steps, warmup, ours, args.workers, args.compile)
+            if name not in args.pipelines:
+                continue
+            ips, mem = timed_run(cfg, splits, device, bs, steps, warmup, ours, args.workers, args.compile,
+                                 args.compile_backend)
             speeds[name] = ips
             tflops = ips * flops / 1e12
             mfu = tflops / peak if peak else None
-            setup = ("device pipeline, " + ("bf16, channels_last" if cuda else "fp32")) if ours else \
+            setup = ("device pipeline, " + ("bf16, channels_last" if cuda else "fp32")
+                     + (f", torch.compile({args.compile_backend})" if args.compile else "")) if ours else \
                 f"PIL DataLoader, {args.workers} workers, fp32"
             print(f"result pipeline={name} bs={bs} images_per_s={ips:.5g} epoch_s={EPOCH_IMAGES / ips:.5g} "
                   f"peak_mem_gib={fmt(mem, '.2f')} tflops={tflops:.4g} mfu={fmt(mfu, '.3f')} steps={steps} ({setup})")
-        print(f"ratio bs={bs} speedup={speeds['ours'] / speeds['reference']:.2f}")
+        if len(speeds) == 2:
+            print(f"ratio bs={bs} speedup={speeds['ours'] / speeds['reference']:.2f}")
     if args.trials > 0:
         overheads, data_times, first_steps = mini_sweep(cfg, device, args.trials, trial_steps, batch_sizes[0])
 
