@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# The suite runs on one pytest-xdist worker per core, and most tests start training subprocesses:
+# with torch's default of one thread per core each, two of them at once would oversubscribe the
+# cores. One thread each (inherited by every subprocess) changes no result, only the waiting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A model small enough that a CPU epoch on digits takes well under a second.
 TINY = [
     "dataset=digits",

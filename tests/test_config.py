@@ -103,7 +103,7 @@ def test_every_sweep_config_is_a_multirun_of_our_sweeper_with_the_apps_hooks(com
 
     from sweeps.sweep_hooks import SweepsHooks
 
-    cfg = compose("train", overrides=[f"hparams_search={name}"], return_hydra_config=True)
+    cfg = compose("train", overrides=[f"hparams_search={name}", "tracking.enabled=false"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert sweeper._target_.endswith("SweepsOptunaSweeper") and sweeper.hooks._target_ == "sweeps.sweep_hooks.SweepsHooks"

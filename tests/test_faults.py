@@ -64,6 +64,7 @@ def test_sigterm_run_is_killed_then_resumes_to_the_same_result(project, pipeline
     (done,) = mlflow_runs(project, "cut")
     assert done.info.run_id == cut.info.run_id, "the resumed training continues its own MLflow run"
     assert done.info.status == "FINISHED"
+    assert "sweeps.reason" not in done.data.tags, "why it stopped last time no longer holds"
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     assert sorted({m.step for m in client.get_metric_history(done.info.run_id, "val_acc")}) == [1, 2, 3, 4]
     for metric in ("best_val_acc", "test_acc", "train_acc_at_best"):

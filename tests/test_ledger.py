@@ -234,10 +234,13 @@ def test_other_host_owners_are_judged_by_their_heartbeat():
     assert not liveness.is_stale(frozen_with(old), None, now)  # heartbeats off: process check only
 
 
-def test_an_ownerless_trial_is_stale_after_one_interval():
-    """Killed between Optuna's ask and the owner's first write: no owner to ask."""
+def test_an_ownerless_trial_is_stale_after_a_short_grace():
+    """Killed between Optuna's ask and the owner's write: no owner to ask, so its age decides."""
     assert not liveness.is_stale(frozen_with(None), 60)
     assert liveness.is_stale(frozen_with(None, started_s_ago=61), 60)
+    assert liveness.is_stale(frozen_with(None, started_s_ago=3), 2)  # a short heartbeat shortens it
+    assert liveness.is_stale(frozen_with(None, started_s_ago=61), None)  # heartbeats off: still a minute
+    assert not liveness.is_stale(frozen_with(None, started_s_ago=59), 600)  # at most a minute
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
@@ -257,3 +260,23 @@ def test_optunas_own_stale_trial_handling_cannot_mark_a_trial_interrupted(tmp_pa
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_user_attr(trial._trial_id, contract.INTERRUPTED, True)
     assert contract.is_counted(study.trials[0])  # to the count, Optuna's FAIL is a real failure
+
+
+def test_the_closing_line_and_results_describe_the_whole_study(tmp_path, caplog):
+    """A process that finishes its share early names the trials still running elsewhere, and its
+    results file counts every process's trials, not only its own."""
+    import logging
+
+    import yaml
+
+    from sweeps_optuna import results
+
+    study = new_study()
+    finished(study, TrialState.COMPLETE, 0.5)
+    other = {"host": "node-7", "pid": 4242, "pid_start": "1", "beat": time.time()}
+    running_trial(study, other)
+    with caplog.at_level(logging.INFO, logger="sweeps_optuna.results"):
+        out = results.finish(study, 2, "sqlite:///x.db", str(tmp_path), 1.0, lambda overrides: None)
+    assert "1/2 trials" in caplog.text and "1 trial(s) still running in other processes (node-7:4242)" in caplog.text
+    saved = yaml.safe_load((tmp_path / results.RESULTS_FILE).read_text())
+    assert saved["counted_trials"] == 1 == out["counted_trials"] and saved["best_value"] == 0.5

@@ -22,6 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from sweeps_optuna.contract import Interrupted, UserError
+from sweeps_optuna.storage import redact
 from sweeps.errors import ConfigError
 from sweeps.paths import CONF_DIR
 
@@ -38,8 +39,8 @@ def compose(overrides: list[str], config_name: str = "train", with_hydra: bool =
 
 
 def print_error(message: str) -> None:
-    """The one paragraph a user reads when a command cannot do what was asked."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """The one paragraph a user reads when a command cannot do what was asked (passwords masked)."""
+    print(f"error: {redact(message)}", file=sys.stderr, flush=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from sweeps import checkpoint
 from sweeps.data.pipeline import use_channels_last
 from sweeps.errors import ConfigError, Diverged
 
@@ -178,8 +179,13 @@ def fit(
     on_epoch_end: Callable[[EpochMetrics, FitResult], None] | None = None,
     checkpoint_dir: Path | None = None,
     loader_generator: torch.Generator | None = None,
+    binding: str | None = None,
 ) -> tuple[FitResult, dict]:
-    """Train for ``trainer.epochs``; returns the result and the best state dict."""
+    """Train for ``trainer.epochs``; returns the result and the best state dict.
+
+    With ``checkpoint_dir``, ``last.pt`` is written there after each epoch (tagged
+    with ``binding``, whose run it is) and, with ``trainer.resume``, resumed from.
+    """
     t = cfg.trainer
     amp_dtype = autocast_dtype(t.precision, device)
     optimizer = build_optimizer(cfg, model)
@@ -192,20 +198,15 @@ def fit(
     predict = tta_views(t)
 
     result, best_state, start_epoch, since_best = FitResult(), None, 0, 0
-    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
-    if t.resume and last_path is not None and last_path.exists():
-        ckpt = torch.load(last_path, map_location=device, weights_only=True)
+    last_path = checkpoint_dir / checkpoint.LAST if checkpoint_dir else None
+    ckpt = checkpoint.load(last_path, device, binding) if t.resume and last_path is not None else None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        # RNG states must be CPU ByteTensors; map_location=device moved them (CUDA resume).
-        torch.set_rng_state(ckpt["rng"].cpu())
-        if loader_generator is not None:
-            loader_generator.set_state(ckpt["loader_rng"].cpu())
-        if torch.cuda.is_available() and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+        checkpoint.restore_rng(ckpt, loader_generator)
         result.history = [EpochMetrics(**m) for m in ckpt["history"]]
         for key in ("best_epoch", "best_val_acc", "best_val_loss", "train_acc_at_best"):
             setattr(result, key, ckpt[key])
@@ -260,16 +261,19 @@ def fit(
         else:
             since_best += 1
         if last_path is not None:
-            _save_last(last_path, model, optimizer, scheduler, scaler, loader_generator, result, best_state, since_best)
+            checkpoint.save(last_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None, "scaler": scaler.state_dict(),
+                **checkpoint.rng_states(loader_generator), "history": [vars(m) for m in result.history],
+                "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
+                "best_val_loss": result.best_val_loss, "train_acc_at_best": result.train_acc_at_best,
+                "best_state": best_state, "since_best": since_best}, binding)
         if on_epoch_end is not None:
             on_epoch_end(metrics, result)
         if t.patience is not None and since_best >= int(t.patience):
             result.stopped_early = True
             break
     return result, best_state
-
-
-MONITORS = ("val_acc", "val_loss")
 
 
 def improves(monitor: str, val_acc: float, val_loss: float, best: FitResult) -> bool:
@@ -280,27 +284,3 @@ def improves(monitor: str, val_acc: float, val_loss: float, best: FitResult) -> 
     if monitor == "val_loss":
         return val_loss < best.best_val_loss
     return val_acc > best.best_val_acc
-
-
-def _save_last(path: Path, model, optimizer, scheduler, scaler, loader_generator, result: FitResult, best_state, since_best):
-    """Everything a preempted run needs to continue as if never stopped."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict(),
-        "rng": torch.get_rng_state(),
-        "loader_rng": loader_generator.get_state() if loader_generator is not None else None,
-        "history": [vars(m) for m in result.history],
-        "best_epoch": result.best_epoch,
-        "best_val_acc": result.best_val_acc,
-        "best_val_loss": result.best_val_loss,
-        "train_acc_at_best": result.train_acc_at_best,
-        "best_state": best_state,
-        "since_best": since_best,
-    }
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write never leaves a torn checkpoint

@@ -45,6 +45,13 @@ class DiskUnusable(ConfigError):
     """A directory the run writes to cannot be created or written, or its disk is (nearly) full."""
 
 
+class DiskFull(UserError):
+    """The disk filled up while a run was writing (checkpoint, MLflow store, study): the run
+    stops with one paragraph; its records are closed where the disk allows."""
+
+    exit_code = 1
+
+
 class ReportError(ConfigError):
     """A report target (sweep dir, experiment, store) that cannot be read as asked."""
 

@@ -22,9 +22,12 @@ as root, permission bits alone say nothing), and that its disk has at least
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeps_optuna.storage import sqlite_path
 from sweeps.cli import user_errors
 from sweeps.config import select_or_none as _select
-from sweeps.errors import ConfigError, DiskUnusable
+from sweeps.errors import ConfigError, DiskFull, DiskUnusable
 
 MIN_FREE_KEY = "paths.min_free_mb"
 DEFAULT_MIN_FREE_MB = 200
@@ -149,6 +152,43 @@ def store_places(cfg: DictConfig) -> list[Place]:
         places.append(Place("the data directory", key, Path(str(root)),
                             "if the data is already there, dataset.cache=false to write nothing to it"))
     return places
+
+
+# How a full disk shows itself: the OS, torch's checkpoint writer, SQLite (MLflow's store, Optuna's study).
+_FULL = ("no space left on device", "file write failed", "database or disk is full")
+NEARLY_FULL_MB = 1  # a failure while a disk the run writes to has less than this free is that disk's
+
+
+def is_disk_full(error: BaseException, places: tuple[Path, ...] = ()) -> bool:
+    """Whether ``error`` means a full disk, however the library that wrote says it (torch's writer
+    often says only "iostream error"): by its errno or text, or by one of ``places`` being full."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(cause).lower() for text in _FULL):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return any(shutil.disk_usage(_anchor(p)).free < NEARLY_FULL_MB * MB for p in places)
+
+
+@contextmanager
+def disk_full_is_one_paragraph(cfg: DictConfig, out_dir: Path) -> Iterator[None]:
+    """Turn a full disk met while training into :class:`DiskFull`: one paragraph, not chained tracebacks."""
+    places = (Path(out_dir), *(p.path for p in store_places(cfg)))
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - only a full disk is turned; everything else goes on up
+        if isinstance(e, DiskFull) or not is_disk_full(e, places):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        free = min(shutil.disk_usage(_anchor(p)).free for p in places)
+        raise DiskFull(
+            f"the disk filled up while this run was writing ({type(e).__name__}: {first[:160]}; {_mb(free)} left "
+            f"on the fullest disk it writes to). The run stopped; its records were closed where the disk allowed, "
+            "and no partial checkpoint was left. Free some space (or point hydra.run.dir / hydra.sweep.dir and "
+            "paths.mlruns to another disk) and run the same command again; with trainer.resume=true a run "
+            "continues from its last checkpoint.") from None
 
 
 def check_job(cfg: DictConfig, out_dir: Path, multirun: bool) -> None:

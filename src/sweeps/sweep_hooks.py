@@ -52,6 +52,8 @@ class SweepsHooks(SweepHooks):
         super().bind(config)
         tracking = OmegaConf.select(config, "tracking")
         self.tracked = tracking is not None and bool(tracking.get("enabled", False))
+        if self.tracked:
+            client(config)  # an unreachable server or unreadable store refuses the sweep before its study exists
 
     def directions(self) -> list[str] | None:
         return [objectives.direction(n) for n in objective_names(self.config)] or None
@@ -93,7 +95,29 @@ class SweepsHooks(SweepHooks):
             study.set_user_attr(c.PARENT_RUN_ID, run_id)
             log.info(f"MLflow parent run {run_id} (experiment '{self.config.tracking.experiment}')")
         self.parent_run_id = run_id
+        self._close_runs_of_finished_trials(study, mlflow)
         return run_id
+
+    def _close_runs_of_finished_trials(self, study: Any, mlflow: Any) -> None:
+        """A trial's run that is still RUNNING although its trial has finished (its job could not close
+        it, e.g. on a full disk) ends with the trial's state: no run stays RUNNING forever."""
+        parent = mlflow.get_run(self.parent_run_id)
+        runs = mlflow.search_runs([parent.info.experiment_id], max_results=5000, filter_string=(
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and attributes.status = 'RUNNING'"))
+        if not runs:
+            return
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for run in runs:
+            trial = trials.get(int(run.data.tags.get(c.TAG_TRIAL, -1)))
+            if trial is None or not trial.state.is_finished():
+                continue  # its trial still runs, or will be reaped: the reaper closes it then
+            state = c.trial_state(trial)
+            mlflow.set_tag(run.info.run_id, c.TAG_STATE, state)
+            reason = trial.user_attrs.get(c.FAIL_REASON) or trial.user_attrs.get(c.REASON)
+            if reason:
+                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(str(reason))[:5000])
+            mlflow.set_terminated(run.info.run_id, c.STATUS_OF_STATE[state])
+            log.warning(f"MLflow run {run.info.run_id} of trial {trial.number} was left RUNNING; closed as {state}")
 
     def job_overrides(self, link: TrialLink) -> dict[str, Any]:
         if "trial" not in self.config:
@@ -144,16 +168,16 @@ class SweepsHooks(SweepHooks):
                 return Outcome(c.FAIL, None, reason)
         return None
 
-    def close_orphan(self, link: TrialLink, trial: Any, reason: str) -> None:
-        """Every run of the trial still RUNNING ends KILLED (``sweeps.state=INTERRUPTED``)."""
+    def close_orphan(self, link: TrialLink, trial: Any, reason: str, state: str = c.INTERRUPTED_STATE) -> None:
+        """Every run of the trial still RUNNING ends with ``state`` (KILLED for INTERRUPTED)."""
         if not self.tracked:
             return
         mlflow = client(self.config)
         for run in self._runs_of(link, trial):
             if run.info.status == "RUNNING":
-                mlflow.set_tag(run.info.run_id, c.TAG_STATE, c.INTERRUPTED_STATE)
-                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(reason))
-                mlflow.set_terminated(run.info.run_id, c.STATUS_OF_STATE[c.INTERRUPTED_STATE])
+                mlflow.set_tag(run.info.run_id, c.TAG_STATE, state)
+                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(reason)[:5000])
+                mlflow.set_terminated(run.info.run_id, c.STATUS_OF_STATE[state])
 
     def close_sweep(self, results: dict) -> None:
         parent = getattr(self, "parent_run_id", None)

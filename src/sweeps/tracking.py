@@ -8,6 +8,7 @@ carries a password: params, tags, reasons and text artifacts go through
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from sweeps_optuna import contract as c
 from sweeps_optuna.storage import has_secret, redact, sqlite_path, sqlite_schema_lock
 from sweeps.config import NOT_EXPERIMENT, flatten, is_experiment_key
 from sweeps.errors import ConfigError
+
+log = logging.getLogger("sweeps.tracking")
 
 # MLflow stores run names in a VARCHAR(250): a database server (PostgreSQL)
 # refuses a longer one, where SQLite would have kept it.
@@ -69,19 +72,33 @@ def artifact_location(cfg: DictConfig, experiment: str) -> str | None:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when a server is down."""
+    """Fail in seconds, not after MLflow's minutes of retries, when a server is down.
+
+    Credentials in the URL (``http://user:password@host:port``, which MLflow's
+    HTTP client sends as basic auth) are sent the same way here, and never shown.
+    """
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.error
     import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
 
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", "")))
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except (urllib.error.URLError, OSError) as e:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except (urllib.error.URLError, OSError, ValueError) as e:
         raise ConfigError(
-            f"the MLflow tracking server tracking.uri={uri} cannot be reached ({getattr(e, 'reason', e)}). Start it "
-            "(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.uri or MLFLOW_TRACKING_URI, or "
-            "leave tracking.uri=null for the local store in mlruns/ (tracking.enabled=false records nothing)."
+            f"the MLflow tracking server tracking.uri={redact(uri)} cannot be reached "
+            f"({redact(str(getattr(e, 'reason', e)))}). Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), "
+            "fix tracking.uri or MLFLOW_TRACKING_URI, or leave tracking.uri=null for the local store in mlruns/ "
+            "(tracking.enabled=false records nothing)."
         ) from None
 
 
@@ -95,16 +112,35 @@ def client(cfg: DictConfig):
     import mlflow
 
     uri = tracking_uri(cfg)
-    if uri not in _READY:
-        check_reachable(uri)  # a server that is down: a ConfigError in seconds, not MLflow's minutes of retries
+    if uri in _READY:
+        mlflow.set_tracking_uri(uri)
+        return mlflow.MlflowClient()
+    check_reachable(uri)  # a server that is down: a ConfigError in seconds, not MLflow's minutes of retries
+    if has_secret(uri):  # MLflow prints each run's URL to stdout, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
-    found = mlflow.MlflowClient()
     db = sqlite_path(uri)
-    if uri not in _READY and db is not None:
+    if db is None:
+        found = mlflow.MlflowClient()
+    else:
         with sqlite_schema_lock(db):
-            found.search_experiments(max_results=1)
+            existed = db.is_file()
+            try:
+                found = mlflow.MlflowClient()
+                found.search_experiments(max_results=1)
+            except Exception as e:  # noqa: BLE001 - only an existing file can be unreadable
+                if not existed:
+                    raise
+                raise ConfigError(_unreadable_store(db, e)) from None
     _READY.add(uri)
     return found
+
+
+def _unreadable_store(db: Path, error: Exception) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"the MLflow store {db} cannot be read ({redact(first)}): it is not an MLflow SQLite database, or a "
+            "damaged one. Nothing was run or recorded, and the file was left as it is. Restore it from a copy, or "
+            "point paths.mlruns (or tracking.uri) to another store; to start afresh, move the file aside.")
 
 
 def log_params(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> None:
@@ -162,7 +198,10 @@ class RunRecorder:
 
         exp = experiment_id(self.cfg)
         if self.run_id is not None:
-            mlflow.start_run(run_id=self.run_id, log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
+            run = mlflow.start_run(run_id=self.run_id,
+                                   log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
+            if c.TAG_REASON in run.data.tags:  # why it stopped last time: no longer true once it goes on
+                mlflow.MlflowClient().delete_tag(self.run_id, c.TAG_REASON)
             mlflow.set_tags(_tags(self.tags))
             return self
         parent = self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None
@@ -188,10 +227,19 @@ class RunRecorder:
             mlflow.end_run("FINISHED")
             return False
         state = state_of(exc)
-        mlflow.set_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:5000]})
-        if state == c.FAIL:
-            mlflow.log_text(redact("".join(traceback.format_exception(exc_type, exc, tb))), "traceback.txt")
-        mlflow.end_run(c.STATUS_OF_STATE[state])
+        # Best effort: when the store fails too (its disk is full), the run's own error is what matters
+        # (MLflow's store would log its traceback), and the next sweep of the study closes what is left open.
+        with _quiet("mlflow.store.db.utils"):
+            try:
+                mlflow.set_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:5000]})
+                if state == c.FAIL:
+                    mlflow.log_text(redact("".join(traceback.format_exception(exc_type, exc, tb))), "traceback.txt")
+            except Exception as e:  # noqa: BLE001
+                log.warning(f"could not record why MLflow run {self.run_id} ended ({type(e).__name__})")
+            try:
+                mlflow.end_run(c.STATUS_OF_STATE[state])
+            except Exception as e:  # noqa: BLE001
+                log.warning(f"could not close MLflow run {self.run_id} ({type(e).__name__})")
         return False
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -221,6 +269,17 @@ class RunRecorder:
                     mlflow.log_artifacts(str(clean), artifact_path)
                 else:
                     mlflow.log_artifact(str(clean), artifact_path)
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def state_of(exc: BaseException) -> str:

@@ -1,211 +1,23 @@
 """``python -m sweeps.train``: train, validate, test, record, return the objective.
 
-A run has three steps:
-
-1. :func:`prepare`: every check that can refuse the run (config values, the
-   parameter budget on a model built on the meta device, writable directories,
-   the device and data pipeline) before any data is loaded or any MLflow run
-   is recorded;
-2. :func:`fit_and_test`: data, model, training with per-epoch validation (and
-   pruning, in a sweep), test with the best checkpoint;
-3. :func:`finalize`: final metrics, the best checkpoint and figures, in the run.
+The entrypoint only: Hydra's main, the override check that runs before it, and
+the task that turns a run's errors into one paragraph and an exit status. The
+run itself is :mod:`sweeps.run`, imported when a run starts, so that a command
+refused by a check (a typo, a bad value, a full disk) exits before torch loads.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
 import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sweeps.cli import Interrupted, user_errors
-from sweeps.config import validate
-from sweeps.data import load_splits
-from sweeps.data.pipeline import build_pipeline, select_pipeline
-from sweeps.engine import FitResult, autocast_dtype, evaluate, fit, prepare_model, select_device, tta_views
-from sweeps.errors import OutOfMemory
-from sweeps.models import build_model, check_budget, model_size
 from sweeps.paths import CONF_DIR
-from sweeps.preflight import check_job
-from sweeps.tracking import RunRecorder, log_config_artifacts, overrides_run_name
-from sweeps.trial_link import TrialLink
-from sweeps_optuna.contract import COMPLETE, TAG_STATE, TAG_STUDY, TAG_TRIAL
-
-log = logging.getLogger("sweeps.train")
-RUN_ID_FILE = "mlflow_run_id"
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA raises ``torch.OutOfMemoryError``; the CPU allocator a plain RuntimeError.
-
-    Both mean the same to a sweep: this batch size does not fit this model here.
-    """
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error))
-
-
-@dataclass
-class Plan:
-    """A run that passed every check; nothing has been loaded or recorded yet."""
-
-    cfg: DictConfig
-    n_params: int
-    out_dir: Path
-    device: torch.device
-    pipeline: str
-    run_name: str
-    tags: dict[str, str] = field(default_factory=dict)
-    resume_id: str | None = None
-    started: float = field(default_factory=time.perf_counter)
-
-
-@dataclass
-class Tested:
-    result: FitResult
-    best_state: dict
-    test_loss: float
-    test_acc: float
-    test_preds: Any
-    test_labels: Any
-
-
-def prepare(cfg: DictConfig) -> Plan:
-    validate(cfg)
-    n_params = model_size(cfg)
-    check_budget(n_params, cfg)
-    hc = HydraConfig.get()
-    out_dir = Path(hc.runtime.output_dir)
-    # Before the MLflow run opens: a full disk or an unwritable store ends here, in one paragraph.
-    check_job(cfg, out_dir, multirun=hc.mode == RunMode.MULTIRUN)
-    tags = {}
-    if cfg.trial.get("number") is not None:
-        tags = {TAG_STUDY: str(cfg.trial.study), TAG_TRIAL: str(cfg.trial.number)}
-    device = select_device(str(cfg.trainer.device))
-    id_file = out_dir / RUN_ID_FILE
-    return Plan(cfg, n_params, out_dir, device, select_pipeline(cfg, device),
-                cfg.tracking.get("run_name") or overrides_run_name(list(hc.overrides.task)), tags,
-                id_file.read_text().strip() if cfg.trainer.resume and id_file.exists() else None)
-
-
-def fit_and_test(plan: Plan, rec: RunRecorder, link: TrialLink | None) -> Tested:
-    cfg, device, t = plan.cfg, plan.device, plan.cfg.trainer
-    torch.manual_seed(int(cfg.seed))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    splits = load_splits(cfg.dataset)
-    model = prepare_model(build_model(cfg).to(device), cfg, device)
-    pipe = build_pipeline(cfg, splits, device, plan.pipeline)
-    loader = pipe.train
-    steps = len(loader) if t.limit_train_batches is None else min(len(loader), int(t.limit_train_batches))
-
-    def train_batches(epoch):
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
-            yield batch
-
-    prune = link.pruning_callback(cfg.objective) if link is not None else None
-
-    def on_epoch_end(m, result):
-        rec.log_metrics({k: v for k, v in vars(m).items() if k != "epoch"}, step=m.epoch)
-        log.info(f"epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_acc:.4f} | "
-                 f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f} | lr {m.lr:.3g} | {m.epoch_time:.1f}s")
-        if prune is not None:
-            prune(m, result)
-
-    amp = autocast_dtype(str(t.precision), device)
-    out_of_memory = False
-    try:
-        result, best_state = fit(cfg, model, train_batches, steps, pipe.val_batches, device, on_epoch_end,
-                                 checkpoint_dir=plan.out_dir, loader_generator=pipe.generator)
-        model.load_state_dict(best_state)
-        test_loss, test_acc, test_preds = evaluate(model, pipe.test_batches(), device, amp, tta_views(t),
-                                                   keep_preds=True)
-    except RuntimeError as e:  # torch.OutOfMemoryError is one
-        if not is_out_of_memory(e):
-            raise
-        out_of_memory = True  # handled below, outside the except block, so its frames can be freed
-    if out_of_memory:
-        # Drop every reference to device memory before raising: in a sweep the
-        # exception outlives this frame, and the next trial needs the memory.
-        model = pipe = loader = splits = None
-        gc.collect()
-        torch.cuda.empty_cache()
-        raise _out_of_memory(plan, amp)
-    return Tested(result, best_state, test_loss, test_acc, test_preds, splits.test.labels)
-
-
-def _out_of_memory(plan: Plan, amp: torch.dtype | None) -> OutOfMemory:
-    t = plan.cfg.trainer
-    name = OmegaConf.select(HydraConfig.get(), "runtime.choices.model", default=None) or plan.cfg.model.get("_target_")
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
-    return OutOfMemory(
-        f"out of {plan.device.type.upper()} memory training model={name} ({plan.n_params:,} parameters) at "
-        f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, {precision}); "
-        "lower trainer.batch_size (or trainer.eval_batch_size if it failed while evaluating), "
-        "or use trainer.precision=bf16 on a GPU that supports it.")
-
-
-def finalize(plan: Plan, rec: RunRecorder, tested: Tested) -> dict[str, float]:
-    cfg, result = plan.cfg, tested.result
-    final = {
-        "best_val_acc": result.best_val_acc,
-        "best_val_loss": result.best_val_loss,
-        "train_acc_at_best": result.train_acc_at_best,
-        "test_acc": tested.test_acc,
-        "test_loss": tested.test_loss,
-        "n_params": float(plan.n_params),
-        "epochs_run": float(result.epochs_run),
-        "best_epoch": float(result.best_epoch),
-        "wall_time_s": time.perf_counter() - plan.started,
-    }
-    rec.log_metrics(final)
-    rec.set_tags({TAG_STATE: COMPLETE})
-    best_path = plan.out_dir / "best.pt"
-    torch.save(tested.best_state, best_path)
-    if cfg.tracking.get("log_model"):
-        rec.log_artifacts(best_path, "checkpoints")
-    if rec.enabled and cfg.tracking.get("log_figures", True):
-        from sweeps.plots import run_figures
-
-        rec.log_artifacts(run_figures(result.history, tested.test_labels, tested.test_preds,
-                                      int(cfg.dataset.num_classes), plan.out_dir / "figures", plan.run_name,
-                                      class_names=cfg.dataset.get("classes")), "figures")
-    return final
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    plan = prepare(cfg)
-    link = TrialLink.open(cfg)
-    with RunRecorder(cfg, plan.run_name, plan.tags, resume_run_id=plan.resume_id) as rec:
-        if link is not None:
-            link.record_run(rec.run_id)  # before anything can fail: a reaper finds and closes this run
-        if rec.run_id:
-            (plan.out_dir / RUN_ID_FILE).write_text(rec.run_id)
-        if plan.resume_id is None:
-            rec.log_params({"n_params": plan.n_params})
-            log_config_artifacts(rec, plan.out_dir)
-        final = finalize(plan, rec, fit_and_test(plan, rec, link))
-    log.info(
-        f"done: {plan.n_params:,} params | {int(final['epochs_run'])} epochs (best {int(final['best_epoch'])}) | "
-        f"best val acc {final['best_val_acc']:.4f} | test acc {final['test_acc']:.4f} | "
-        f"{final['wall_time_s']:.1f}s" + (f" | MLflow run {rec.run_id}" if rec.run_id else ""))
-    return final
-
-
-def objective_value(cfg: DictConfig, final: dict[str, float]) -> float | list[float]:
-    if isinstance(cfg.objective, ListConfig):
-        return [float(final[name]) for name in cfg.objective]
-    return float(final[str(cfg.objective)])
+from sweeps_optuna.storage import redact_logs
 
 
 def task(cfg: DictConfig) -> float | list[float]:
@@ -217,10 +29,19 @@ def task(cfg: DictConfig) -> float | list[float]:
     run ends with one paragraph and its exit status instead.
     """
     Interrupted.on_sigterm()
+    redact_logs()  # Hydra set up this job's log handlers just now
+    from sweeps.config import validate
+
     if HydraConfig.get().mode == RunMode.MULTIRUN:
+        validate(cfg)
+        from sweeps.run import objective_value, train
+
         return objective_value(cfg, train(cfg))
     try:
         with user_errors():
+            validate(cfg)
+            from sweeps.run import objective_value, train
+
             return objective_value(cfg, train(cfg))
     except KeyboardInterrupt:
         print("interrupted: the run is recorded as KILLED in MLflow; re-run the same command "

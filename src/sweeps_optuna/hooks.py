@@ -25,6 +25,8 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 
+from .contract import INTERRUPTED_STATE
+
 
 @dataclass(frozen=True)
 class TrialLink:
@@ -105,8 +107,9 @@ class SweepHooks:
         FINISHED or FAILED); None: it did not finish, so the trial runs again."""
         return None
 
-    def close_orphan(self, link: TrialLink, trial: FrozenTrial, reason: str) -> None:
-        """End the run records of a trial whose process died mid-job (e.g. KILLED)."""
+    def close_orphan(self, link: TrialLink, trial: FrozenTrial, reason: str, state: str = INTERRUPTED_STATE) -> None:
+        """End the trial's run records that are still open with ``state``: INTERRUPTED for a trial
+        whose process died mid-job, FAIL for a job that failed without closing its own."""
 
     def close_sweep(self, results: dict) -> None:
         """The study reached ``n_trials``: close the parent run with the results."""

@@ -10,7 +10,9 @@ a kill can never leave half an owner behind. A RUNNING trial is stale when
 * its owner is on another host and its last heartbeat is older than
   ``STALE_HEARTBEATS`` intervals;
 * it has no owner at all (its process died between Optuna's ``ask`` and the
-  first write) and it started more than one heartbeat interval ago.
+  owner's write, a window of milliseconds) and it started more than
+  ``ownerless_grace`` seconds ago. A sweep that finds such a trial waits that
+  long rather than leave it RUNNING, so one re-run always settles the study.
 
 Why not Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)`` with
 ``fail_stale_trials``)? It marks a stale trial FAIL first and only then calls
@@ -36,6 +38,7 @@ from optuna.trial import FrozenTrial
 from .contract import OWNER
 
 STALE_HEARTBEATS = 4
+OWNERLESS_GRACE_S = 60
 
 
 def pid_start(pid: int) -> Optional[str]:
@@ -76,13 +79,23 @@ def owner_text(t: FrozenTrial) -> str:
     return f"{owner.get('host', '?')}:{owner.get('pid', '?')}" if owner else "an unknown process"
 
 
+def ownerless_grace(interval: Optional[float]) -> float:
+    """How long a trial may run without an owner: a heartbeat interval, at most a minute."""
+    return min(float(interval), OWNERLESS_GRACE_S) if interval else OWNERLESS_GRACE_S
+
+
+def has_owner(t: FrozenTrial) -> bool:
+    owner = t.user_attrs.get(OWNER)
+    return isinstance(owner, dict) and isinstance(owner.get("pid"), int)
+
+
 def is_stale(t: FrozenTrial, interval: Optional[float], now: Optional[float] = None) -> bool:
     """Whether the RUNNING trial ``t``'s process is gone (see the module docstring)."""
     now = time.time() if now is None else now
-    owner = t.user_attrs.get(OWNER)
-    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+    if not has_owner(t):
         started = t.datetime_start.timestamp() if t.datetime_start else None
-        return interval is not None and started is not None and now - started > interval
+        return started is not None and now - started > ownerless_grace(interval)
+    owner = t.user_attrs[OWNER]
     if owner.get("host") == socket.gethostname():
         return not alive(owner["pid"], owner.get("pid_start"))
     beat = owner.get("beat")

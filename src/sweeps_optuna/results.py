@@ -67,7 +67,7 @@ def finish(study: optuna.Study, n_trials: int, storage_url: str, sweep_dir: str,
     results["wall_time_s"] = round(wall, 1)
     out = Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(results), out / RESULTS_FILE)
+    (out / RESULTS_FILE).write_text(redact(OmegaConf.to_yaml(OmegaConf.create(results))))  # the best config too
     running = [t for t in trials if t.state == TrialState.RUNNING]
     elsewhere = (f" | {len(running)} trial(s) still running in other processes ("
                  + ", ".join(sorted({owner_text(t) for t in running})) + ")") if running else ""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ SQLITE_TIMEOUT_S = 60
 STORAGE_ENV = "SWEEPS_OPTUNA_STORAGE"
 REDACTED = "***"
 
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*):(?P<secret>[^@/\s'\"]+)@")
+# Hydra escapes the colons of an override's value (``http\://user\:password@host``): allow a backslash.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*\\?://[^:/?#@\s'\"\\]*)(?P<colon>\\?:)"
+                           r"(?P<secret>[^@/\s'\"]+)@")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<secret>[^&\s'\"]+)", re.IGNORECASE)
 
 
@@ -34,12 +37,35 @@ def redact(text: str) -> str:
     ``postgresql://sweeps:s3cret@db:5432/optuna`` becomes
     ``postgresql://sweeps:***@db:5432/optuna``; ``?password=...`` is masked too.
     """
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{m['colon']}{REDACTED}@", text)
     return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
 
 
 def has_secret(text: str) -> bool:
     return redact(text) != text
+
+
+def redact_logs() -> None:
+    """Mask passwords in every line this process logs from now on.
+
+    Hydra's launcher lists each job's overrides, where a user may have written
+    ``tracking.uri=http://alice:<password>@host`` or a storage URL. Hydra sets up
+    new log handlers for every launch and job, so a filter on handlers would not
+    last: the record factory masks the message as each record is made.
+    """
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        message = record.getMessage()
+        if has_secret(message):
+            record.msg, record.args = redact(message), ()
+        return record
+
+    redacting.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting)
 
 
 @contextmanager
@@ -117,3 +143,18 @@ def _rdb_storage_created_once(url: str, attempts: int = 5) -> Any:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What a storage raises when it cannot be written: Optuna's own error, SQLAlchemy's for an
+    RDB (a full disk, a lost server), the OS's for a journal file."""
+    import optuna
+
+    found: list[type[BaseException]] = [optuna.exceptions.StorageInternalError, OSError]
+    try:
+        from sqlalchemy.exc import OperationalError
+
+        found.append(OperationalError)
+    except ImportError:
+        pass
+    return tuple(found)

@@ -20,7 +20,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 
 
 from .contract import SIGNATURE, UserError, is_counted
-from .storage import open_storage, redact
+from .storage import open_storage, redact, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,13 @@ def open_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSampler
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except Exception as e:  # noqa: BLE001 - a URL, server or driver problem; said in one paragraph
         first = redact(str(e).splitlines()[0]) if str(e) else ""
+        db = sqlite_path(str(storage_url)) if isinstance(storage_url, str) else None
+        if db is not None and db.is_file():
+            raise UserError(
+                f"The Optuna storage {db} (hydra.sweeper.storage) cannot be read ({type(e).__name__}: {first}): it "
+                "is not an Optuna SQLite database, or a damaged one. Nothing was run, and the file was left as it is. "
+                "Restore it from a copy, or point hydra.sweeper.storage to another database (sqlite:///path.db); "
+                "to start afresh, move the file aside.") from None
         raise UserError(
             f"The Optuna storage hydra.sweeper.storage={redact(str(storage_url))} cannot be opened "
             f"({type(e).__name__}: {first}). Check the URL, that the database server is up and its driver "

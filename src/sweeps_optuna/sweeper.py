@@ -40,8 +40,8 @@ from optuna.trial import FrozenTrial
 from . import budget, ledger, results, search_space, study as studies, workers
 from .contract import FAIL_REASON, Interrupted, UserError, is_counted
 from .hooks import Outcome, SweepHooks, TrialLink, load_hooks
-from .liveness import is_stale, owner_text, this_process
-from .storage import default_storage_url, redact
+from .liveness import has_owner, is_stale, owner_text, ownerless_grace, this_process
+from .storage import default_storage_url, redact, redact_logs, storage_errors
 from .trial_runner import TrialRunner, safe_storage_reference
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        redact_logs()
         # ${hydra:...} interpolations (e.g. paths under hydra.runtime.cwd) resolve in the sweep process too.
         HydraConfig.instance().set_config(config)
         self.config_loader = hydra_context.config_loader
@@ -175,6 +176,14 @@ class SweepsOptunaSweeperImpl(Sweeper):
             if not self.is_worker and n_jobs > 1:
                 self.workers = workers.spawn(n_jobs, self.sweep_dir, str(cfg.hydra.runtime.cwd))
             code = self._work()
+        except storage_errors() as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.error(f"The Optuna storage {redact(self.storage_url)} cannot be written ({type(e).__name__}: "
+                      f"{redact(first)[:300]}); the sweep stopped. Its running trial is left as it was: once the "
+                      "storage can be written again (disk space freed, the database server back), re-run the same "
+                      "command and it takes that trial over and finishes the study.")
+            workers.stop(self.workers, signal.SIGTERM)
+            sys.exit(1)
         except KeyboardInterrupt as e:
             self._interrupt_current(f"interrupted ({type(e).__name__}: {e})")
             workers.stop(self.workers, signal.SIGTERM)
@@ -214,13 +223,33 @@ class SweepsOptunaSweeperImpl(Sweeper):
                           "or raise max_failure_rate, and re-run the same command to continue the study.")
                 return 1
             if not tally.has_room(n_trials):
-                return 0
+                if tally.counted < n_trials and self._wait_for_ownerless(tally):
+                    continue
+                return 0  # the rest run in other processes: results.finish names them
             trial = ledger.ask(study, n_trials, self.dists, this_process())
             if trial is None:
                 continue  # surplus: another process filled the study first
             self.current = trial
             self.runner.run(trial)
             self.current = None
+
+    def _wait_for_ownerless(self, tally: ledger.Tally) -> bool:
+        """Sleep a little when a RUNNING trial has no owner yet; True when there was one.
+
+        Its process either writes the owner within moments or died right after
+        asking; once the grace is over the next reap takes the trial over, so this
+        process does not exit with the study unfinished.
+        """
+        waiting = [t for t in tally.running if not has_owner(t)]
+        if not waiting:
+            return False
+        if not getattr(self, "_said_waiting", False):
+            log.info(f"trial(s) {', '.join(str(t.number) for t in waiting)} have no owner yet (a process may have "
+                     f"died right after asking for them): waiting up to "
+                     f"{ownerless_grace(self.heartbeat_interval):.0f}s to take them over")
+            self._said_waiting = True
+        time.sleep(min(1.0, ownerless_grace(self.heartbeat_interval) / 4))
+        return True
 
     def _outcome(self, t: FrozenTrial) -> Optional[Outcome]:
         try:

@@ -179,6 +179,16 @@ class TrialRunner:
             text = reason_of(exc)
             self._record_unstarted(trial, text)
             self.fail(trial, text)
+            self._close_records(trial, text)
+
+    def _close_records(self, trial: optuna.trial.Trial, reason: str) -> None:
+        """The job is over: none of its run records may stay open (a job that could not close its
+        own run, e.g. on a full disk, leaves that to the sweeper)."""
+        try:
+            self.hooks.close_orphan(self.link(trial.number), self.study._storage.get_trial(trial._trial_id), reason,
+                                    FAIL)
+        except Exception as e:  # noqa: BLE001 - the next sweep of the study closes it
+            log.warning(f"trial {trial.number}: could not close its run ({e})")
 
     def fail(self, trial: optuna.trial.Trial, reason: str) -> None:
         try:

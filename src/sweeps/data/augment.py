@@ -2,17 +2,22 @@
 
 This is the per-sample (DataLoader) path: every option, AutoAugment included,
 works here on uint8 CHW tensors, exactly as the seeds' CPU pipelines do.
+torchvision is imported only when such a pipeline is built: importing it costs
+seconds (it pulls in torch's compiler), which the device pipeline, the
+normalization both paths share and every config check can do without.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from omegaconf import DictConfig
-from torchvision.transforms import v2
 
 from sweeps.errors import ConfigError
 
-_POLICIES = {p.name.lower(): p for p in v2.AutoAugmentPolicy}
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 
 def normalization(aug: DictConfig, ds: DictConfig) -> tuple[list[float], list[float]] | None:
@@ -35,6 +40,8 @@ def normalization(aug: DictConfig, ds: DictConfig) -> tuple[list[float], list[fl
 def _to_normalized_float(aug: DictConfig, ds: DictConfig) -> list[v2.Transform]:
     """Scaling to [0, 1], then normalization where the option asks for it: one
     definition, so that training and evaluation images can never differ in it."""
+    from torchvision.transforms import v2
+
     ops: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
     norm = normalization(aug, ds)
     if norm:
@@ -43,15 +50,18 @@ def _to_normalized_float(aug: DictConfig, ds: DictConfig) -> list[v2.Transform]:
 
 
 def train_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
+    from torchvision.transforms import v2
+
     ops: list[v2.Transform] = []
     if aug.get("autoaugment"):
+        policies = {p.name.lower(): p for p in v2.AutoAugmentPolicy}
         name = str(aug.autoaugment).lower()
-        if name not in _POLICIES:
+        if name not in policies:
             raise ConfigError(
                 f"augment.autoaugment={aug.autoaugment!r} is not a torchvision policy; use one "
-                f"of {sorted(_POLICIES)} or null."
+                f"of {sorted(policies)} or null."
             )
-        ops.append(v2.AutoAugment(_POLICIES[name]))
+        ops.append(v2.AutoAugment(policies[name]))
     if aug.get("crop"):
         ops.append(
             v2.RandomCrop(
@@ -75,4 +85,6 @@ def train_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
 
 def eval_transform(aug: DictConfig, ds: DictConfig) -> v2.Compose:
     """Deterministic: scale to [0, 1] and normalize like the training images."""
+    from torchvision.transforms import v2
+
     return v2.Compose(_to_normalized_float(aug, ds))
