@@ -6,14 +6,14 @@ BIN    := $(VENV)/bin
 PORT   ?= 5000
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo train ui server clean
+.PHONY: install test test-fast demo train ui dashboard server clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,cluster]'
+	$(BIN)/python -m pip install -q -e '.[dev,cluster,dashboard]'
 	touch $(STAMP)
 
 # Tests in parallel worker processes (pytest-xdist); WORKERS=0 runs them in this one.
@@ -42,6 +42,15 @@ train: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+
+# The Optuna studies (multirun/optuna.db, or DB=path/to/other.db) in optuna-dashboard,
+# on this machine only: http://127.0.0.1:$(DASHBOARD_PORT)
+DB             ?= $(CURDIR)/multirun/optuna.db
+DASHBOARD_PORT ?= 8080
+dashboard:
+	@test -x $(BIN)/optuna-dashboard || { echo "error: $(BIN)/optuna-dashboard is missing: run make install" >&2; exit 2; }
+	@test -f $(DB) || { echo "error: no study database at $(DB): run a sweep first (make demo), or give DB=path/to/optuna.db" >&2; exit 2; }
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) sqlite:///$(abspath $(DB))
 
 # A tracking server for a lab (README: Running on a cluster): the backend store
 # from MLFLOW_BACKEND_STORE_URI (e.g. postgresql://mlflow:<password>@db/mlflow;

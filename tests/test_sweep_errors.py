@@ -14,6 +14,8 @@ from conftest import GOOD_LR, RECORDED, TINY, nothing_running, run_module, store
 from sweeps_optuna.search_space import search_space_from_overrides
 
 MORE = ["hydra.sweeper.n_trials=2"]  # one more than recorded: only the refusal keeps it from running
+# The recorded study by name, in its storage: a study the user chose is refused when another sweep made it.
+CHOSEN = ["hydra.sweeper.study_name=train", "hydra.sweeper.storage=sqlite:///{root}/multirun/optuna.db"]
 CASES = {
     "inverted-interval": (["optim.lr=interval(0.1,0.001)"],
                           ["search space cannot be built", "optim.lr=interval(0.1,0.001) is inverted",
@@ -29,10 +31,10 @@ CASES = {
                  "hydra.sweeper.storage=null"]),
     "tracking-uri": ([GOOD_LR, "tracking.uri=http://127.0.0.1:9"],
                      ["tracking.uri=http://127.0.0.1:9 cannot be reached", "tracking.uri=null"]),
-    "other-directions": ([GOOD_LR, "hydra.sweeper.direction=minimize"],
+    "other-directions": ([GOOD_LR, "hydra.sweeper.direction=minimize", *CHOSEN],
                          ["Study 'train'", "optimizes ['maximize'], but this sweep asks for ['minimize']",
                           "hydra.sweeper.study_name"]),
-    "another-sweep": (["model.stem_channels=choice(4,8)", "trainer.epochs=2"],
+    "another-sweep": (["model.stem_channels=choice(4,8)", "trainer.epochs=2", *CHOSEN],
                       ["Study 'train'", "was made by another sweep (trainer.epochs=1 there, trainer.epochs=2 here; "
                        "model.stem_channels searched here only; optim.lr searched there only)",
                        "its 1 trial(s) would be mixed", "hydra.sweeper.study_name=<new name>",
@@ -58,6 +60,28 @@ def test_sweep_input_errors(recorded_project, case):
     for fragment in expected:
         assert fragment in out, out[-3000:]
     assert stores(root) == before, "a refused sweep changed the Optuna storage or the MLflow store"
+    nothing_running(root)
+
+
+def test_a_default_named_study_of_another_sweep_gets_a_derived_name_found_again(recorded_project):
+    """The stock plugin keeps a default study in memory; ours persists it. A different command
+    under the default name and storage gets study 'train-2' instead of a refusal (or a mix), and
+    re-running it resumes 'train-2': the recorded study 'train' is untouched both times."""
+    import optuna
+
+    root, before = recorded_project
+    args = RECORDED + ["hydra.sweeper.n_trials=1", "trainer.epochs=2"]
+    storage = f"sqlite:///{root}/multirun/optuna.db"
+    for attempt in (1, 2):
+        proc = run_module("sweeps.train", args, root, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        assert names == ["train", "train-2"], (attempt, names, out[-2000:])
+        derived = optuna.load_study(study_name="train-2", storage=storage).get_trials()
+        assert [t.state.name for t in derived] == ["COMPLETE"], (attempt, derived)
+        assert stores(root)["studies"]["train"] == before["studies"]["train"]
+    assert "found again" in out and "Sweep 'train-2': 1/1 trials" in out, out[-3000:]
     nothing_running(root)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 from hydra import compose as hydra_compose
@@ -26,11 +27,25 @@ from sweeps_optuna.storage import redact
 from sweeps.errors import ConfigError
 from sweeps.paths import CONF_DIR
 
-__all__ = ["Interrupted", "compose", "fail", "print_error", "user_errors"]
+__all__ = ["Interrupted", "compose", "config_dirs", "fail", "print_error", "use_config_dirs", "user_errors"]
+
+# Config dirs of the command line (Hydra's --config-dir), searched after conf/.
+_extra_dirs: list[str] = []
+
+
+def use_config_dirs(dirs: list[str]) -> None:
+    _extra_dirs[:] = [str(Path(d).resolve()) for d in dirs]
+
+
+def config_dirs() -> list[Path]:
+    """conf/, then the command line's --config-dir, as Hydra searches them for a group's options."""
+    return [Path(CONF_DIR), *(Path(d) for d in _extra_dirs)]
 
 
 def compose(overrides: list[str], config_name: str = "train", with_hydra: bool = False) -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides``, as ``python -m sweeps.train`` would compose it."""
+    if _extra_dirs:
+        overrides = [*overrides, "hydra.searchpath=[" + ",".join(f"file://{d}" for d in _extra_dirs) + "]"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         try:
             return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)

@@ -16,14 +16,17 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from sweeps.cli import compose, user_errors
+from sweeps_optuna import stock
+from sweeps.cli import compose, config_dirs, use_config_dirs, user_errors
 from sweeps.errors import ConfigError, close_matches
-from sweeps.paths import CONF_DIR
 
 
 def group_options(group: str) -> list[str]:
-    folder = Path(CONF_DIR) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted({p.stem for d in config_dirs() if (d / group).is_dir() for p in (d / group).glob("*.yaml")})
+
+
+def _option_files(group: str, option: str) -> list[Path]:
+    return [d / group / f"{option}.yaml" for d in config_dirs() if (d / group / f"{option}.yaml").is_file()]
 
 
 def _leaf_keys(node, prefix: str = "") -> list[str]:
@@ -88,7 +91,7 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as e:
         raise ConfigError(f"could not parse the command line: {e}") from None
-    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    groups = {p.name for d in config_dirs() if d.is_dir() for p in d.iterdir() if p.is_dir()}
     choices, keys = [], []
     _check_sweeper(parsed, config_name)
     for o in parsed:
@@ -101,7 +104,8 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
             if value is not None and value != "null" and value not in options:
                 raise ConfigError(
                     f"{key}={value} is not an option of the '{key}' config group.{close_matches(value, options)} "
-                    f"The options are: {', '.join(options)} (files in conf/{key}/)."
+                    f"The options are: {', '.join(options)} (files in conf/{key}/"
+                    + "".join(f", {d / key}/" for d in config_dirs()[1:]) + ")."
                 )
             if value is not None:
                 choices.append(f"{key}={value}")
@@ -136,6 +140,12 @@ _MISSING = object()
 OUR_SWEEPER = "sweeps_optuna"
 
 
+def is_ours(target: str) -> bool:
+    """Our sweeper's class, or the stock plugin's name, which is ours when that plugin is absent
+    (see hydra_plugins.sweeps_optuna_sweeper.optuna_sweeper)."""
+    return OUR_SWEEPER in target or (target == stock.TARGET and not stock.installed())
+
+
 def _check_sweeper(parsed, config_name: str) -> None:
     """interval() searches and hydra.sweeper.* keys need our sweeper; name a misspelled sweeper key.
 
@@ -156,7 +166,7 @@ def _check_sweeper(parsed, config_name: str) -> None:
     except ConfigError:
         return  # a wrong group option: reported by the caller
     sweeper = cfg.hydra.sweeper
-    ours = OUR_SWEEPER in str(OmegaConf.select(sweeper, "_target_", default=""))
+    ours = is_ours(str(OmegaConf.select(sweeper, "_target_", default="")))
     needs_ours = ("{what} needs the Optuna sweeper, but this command runs Hydra's basic sweeper (which only "
                   f"expands lists and choice()/range()). Add hydra/sweeper={OUR_SWEEPER} (and --multirun), or use "
                   "an hparams_search config, which selects it.")
@@ -185,12 +195,12 @@ def _options_with_key(key: str, groups: set[str]) -> list[str]:
         return []
     found = []
     for option in group_options(group):
-        try:
-            node = OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")
-            if _selectable(node, rest):
-                found.append(option)
-        except Exception:  # noqa: BLE001 - an option file we cannot read answers nothing
-            continue
+        for path in _option_files(group, option)[:1]:
+            try:
+                if _selectable(OmegaConf.load(path), rest):
+                    found.append(option)
+            except Exception:  # noqa: BLE001 - an option file we cannot read answers nothing
+                continue
     return found
 
 
@@ -202,12 +212,26 @@ def _selectable(cfg: DictConfig, key: str) -> bool:
         return True  # it exists; its value needs Hydra's runtime (e.g. ${hydra:runtime.cwd} in paths.*)
 
 
+def _flag_values(flags: list[str], names: tuple[str, ...]) -> list[str]:
+    """The values of a Hydra flag, written ``--flag value`` or ``--flag=value``."""
+    values = []
+    for i, arg in enumerate(flags):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(flags):
+                values.append(flags[i + 1])
+    return values
+
+
 def check_or_exit() -> None:
     """Check ``sys.argv``'s overrides, and put them after Hydra's flags, where Hydra's parser wants them."""
     split = split_argv(sys.argv[1:])
     if split is None:
         return  # Hydra's parser refuses the line and says why
     flags, overrides = split
+    use_config_dirs(_flag_values(flags, ("--config-dir", "-cd")))
     with user_errors():
         check(overrides)
     sys.argv[1:] = [*flags, *overrides]

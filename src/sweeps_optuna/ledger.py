@@ -57,10 +57,25 @@ class Tally:
 
 
 def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: dict) -> Optional[optuna.trial.Trial]:
-    """A new trial owned by ``owner`` (rule 1 is the caller's); None when it turned out surplus."""
-    trial = study.ask(fixed_distributions=fixed_distributions)
+    """A new trial owned by ``owner`` (rule 1 is the caller's); None when it turned out surplus, or
+    when the sampler raised while sampling it (then it is FAIL with the sampler's error: a missing
+    package, a bug, a search space it cannot handle), so no trial stays RUNNING for it."""
+    trial = study.ask()
     study._storage.set_trial_user_attr(trial._trial_id, OWNER, owner)
-    return trial if claim(study, trial, n_trials) else None
+    if not claim(study, trial, n_trials):
+        return None
+    try:
+        for name, dist in fixed_distributions.items():
+            trial._suggest(name, dist)  # what study.ask(fixed_distributions) does, after the owner is known
+    except Exception as e:  # noqa: BLE001 - the sampler's own code
+        reason = f"the sampler {type(study.sampler).__name__} failed: {type(e).__name__}: {e}"
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason[:2000])
+        finally:
+            tell_state(study, trial, TrialState.FAIL)
+        log.warning(f"trial {trial.number} FAIL: {reason}")
+        return None
+    return trial
 
 
 def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool:

@@ -2,6 +2,9 @@
 
 Both describe the whole study, not the share of the process that writes them,
 so that the last process to finish (on any host) leaves the complete picture.
+The file keeps the stock plugin's keys (``name: optuna``, ``best_params`` and
+``best_value``, or ``solutions`` for several objectives), so that scripts
+written for it read ours; what is ours is added beside them.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def _best(study: optuna.Study, results: Dict[str, Any]) -> tuple[Optional[Frozen
         results.update(best_params=dict(best.params), best_value=best.value, best_trial=best.number)
         return best, f"{best.value:.6g} (trial {best.number})"
     front = study.best_trials
-    results["best_trials"] = [{"number": t.number, "params": dict(t.params), "values": list(t.values)} for t in front]
+    results["solutions"] = [{"params": dict(t.params), "values": list(t.values), "number": t.number} for t in front]
     return (front[0] if front else None), f"{len(front)} Pareto-optimal trial(s)"
 
 
@@ -54,7 +57,7 @@ def finish(study: optuna.Study, n_trials: int, storage_url: str, sweep_dir: str,
     trials = study.get_trials(deepcopy=False)
     count = counts(trials)
     counted = sum(is_counted(t) for t in trials)
-    results: Dict[str, Any] = {"name": study.study_name, "storage": redact(storage_url), "n_trials": n_trials,
+    results: Dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": redact(storage_url), "n_trials": n_trials,
                                "counted_trials": counted, "trials": count}
     best, best_text = _best(study, results)
     if best is not None and best.user_attrs.get(OVERRIDES) is not None:

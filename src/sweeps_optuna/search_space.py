@@ -1,21 +1,31 @@
 """Hydra sweep overrides (``choice``, ``range``, ``interval``, ``tag``) as Optuna distributions.
 
-The same syntax as the stock hydra-optuna-sweeper, read from ``hydra.sweeper.params``
-and the command line (the command line wins), plus the stock plugin's
-deprecated ``search_space`` mapping. A parameter that holds fewer than two
-values is refused here, with the override named, before any study exists.
+The same syntax and meaning as the stock hydra-optuna-sweeper, read from
+``hydra.sweeper.params`` and the command line (the command line wins), plus the
+stock plugin's deprecated ``search_space`` mapping, with the stock warnings. A
+parameter that holds fewer than two values is refused here, with the override
+named, before any study exists.
+
+``range(start, stop[, step])`` means what it means to the stock plugin: for
+Optuna's samplers an int (or stepped float) distribution from ``start`` to
+``stop`` *inclusive*, so a migrated config searches the same space; for the grid
+sampler the values Hydra's ``range`` lists (``stop`` excluded, as the stock grid).
+The stock names of the functions (``create_params_from_overrides`` ...) are
+kept as aliases: code and tests written for the stock plugin call them.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-_NO_VALUE = ("lists no value: range(start, stop[, step]) stops before stop, so it needs start < stop for a "
-             "positive step (start > stop for a negative one)")
+_NO_VALUE = ("lists no value: range(start, stop[, step]) needs start < stop for a positive step (start > stop "
+             "for a negative one)")
+_MIGRATION_URL = "https://hydra.cc/docs/upgrades/1.1_to_1.2/changes_to_sweeper_config/"
 
 
 def _num(x: Any) -> str:
@@ -43,12 +53,15 @@ def distribution_from_override(override: Override) -> Any:
                 raise ValueError(f"{line}: a choice must be str, int, float, bool or null; got {x!r}")
         return CategoricalDistribution(choices)
     if override.is_range_sweep():
-        # Hydra's range() excludes its stop: the distribution spans the values it lists.
+        # As the stock plugin: stop is the distribution's (inclusive) high.
         value = override.value()
-        values = list(override.sweep_iterator())
-        if not values:
+        if not list(override.sweep_iterator()):
             raise ValueError(f"{line} {_NO_VALUE}")
-        low, high, step = min(values), max(values), abs(value.step)
+        low, high = sorted((value.start, value.stop))
+        if low == high:
+            raise ValueError(f"{line} holds the one value {_num(low)}: nothing to search; fix it with "
+                             f"{key}={_num(low)}")
+        step = abs(value.step)
         if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
             return FloatDistribution(float(low), float(high), step=float(step))
         return IntDistribution(int(low), int(high), step=int(step))
@@ -111,16 +124,57 @@ def distribution_from_config(spec: Any) -> BaseDistribution:
     return FloatDistribution(float(spec["low"]), float(spec["high"]), log=is_log, step=step)
 
 
+def override_lines(params: Optional[Mapping[str, Any]], arguments: List[str]) -> List[str]:
+    """``hydra.sweeper.params`` as override lines, then the command line's (which win)."""
+    return [f"{k!s}={v}" for k, v in params.items()] + list(arguments) if params else list(arguments)
+
+
+def chosen_config(params: Optional[Mapping[str, Any]], search_space: Optional[Mapping[str, Any]]) -> str:
+    """Which of ``params`` and the deprecated ``search_space`` defines the space, with the stock
+    plugin's warnings: ``params`` when both are set (even empty), ``search_space`` alone is deprecated."""
+    if search_space is None:
+        return "params"
+    if params is not None:
+        warnings.warn("Both hydra.sweeper.params and hydra.sweeper.search_space are configured.\nHydra will use "
+                      f"hydra.sweeper.params for defining search space.\n{_MIGRATION_URL}", UserWarning,
+                      stacklevel=2)
+        return "params"
+    warnings.warn("`hydra.sweeper.search_space` is deprecated and will be removed in the next major release.\n"
+                  f"Please configure with `hydra.sweeper.params`.\n{_MIGRATION_URL}", UserWarning, stacklevel=2)
+    return "search_space"
+
+
 def build(params: Optional[Mapping[str, Any]], search_space: Optional[Mapping[str, Any]],
-          arguments: List[str]) -> Tuple[Dict[str, BaseDistribution], Dict[str, str]]:
+          arguments: List[str], use: Optional[str] = None) -> Tuple[Dict[str, BaseDistribution], Dict[str, str]]:
     """The sweep's space from ``hydra.sweeper.params`` (or the deprecated ``search_space``) and
-    the command line, as the stock plugin reads them."""
-    lines = [f"{k!s}={v}" for k, v in params.items()] if params else []
-    dists, fixed = search_space_from_overrides(lines + list(arguments))
-    if search_space and not params:
+    the command line, as the stock plugin reads them; ``use``: :func:`chosen_config`'s answer."""
+    use = use or chosen_config(params, search_space)
+    dists, fixed = search_space_from_overrides(override_lines(params if use == "params" else None, arguments))
+    if use == "search_space":
         for name, spec in search_space.items():
-            dists[str(name)] = distribution_from_config(spec)
+            dists.setdefault(str(name), distribution_from_config(spec))
     return dists, fixed
+
+
+def grid(lines: List[str], dists: Mapping[str, BaseDistribution]) -> Optional[Dict[str, List[Any]]]:
+    """The grid sampler's values of each searched parameter; None when one is continuous.
+
+    A ``range(...)`` contributes the values Hydra's range lists (stop excluded), as
+    the stock grid; the rest, every value of their distribution.
+    """
+    listed: Dict[str, List[Any]] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        if override.is_range_sweep() and not override.value().shuffle:
+            listed[override.get_key_element()] = list(override.sweep_iterator())
+        else:
+            listed.pop(override.get_key_element(), None)
+    out: Dict[str, List[Any]] = {}
+    for name, dist in dists.items():
+        values = listed.get(name) or grid_values(dist)
+        if values is None:
+            return None
+        out[name] = values
+    return out
 
 
 def grid_values(dist: BaseDistribution) -> Optional[List[Any]]:
@@ -154,3 +208,9 @@ def trial_overrides(params: Mapping[str, Any], fixed: Mapping[str, str]) -> List
     items = {name: format_value(value) for name, value in params.items()}
     items.update(fixed)
     return [f"{name}={value}" for name, value in items.items()]
+
+
+# The stock plugin's names (hydra_plugins.hydra_optuna_sweeper._impl), for code written against it.
+create_optuna_distribution_from_override = distribution_from_override
+create_optuna_distribution_from_config = distribution_from_config
+create_params_from_overrides = search_space_from_overrides

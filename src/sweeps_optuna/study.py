@@ -2,9 +2,15 @@
 
 A study is created by the first sweep process and loaded by every later one
 (workers, a second host, a re-run that resumes it). It remembers what made it
-(its *signature*: search space and fixed overrides), so that a different
-command under the same study name is refused instead of silently mixing two
-experiments in one search.
+(its *signature*: search space and fixed overrides), so that two experiments
+are never mixed in one search:
+
+* a study the user named, in a storage the user chose, is theirs: a different
+  command under that name is refused, with the differences listed;
+* a study under a default name (the stock plugin keeps those in memory, so its
+  users never see two sweeps meet) in the default storage is the command's:
+  a different command gets the first free derived name (``<name>-2``, ...),
+  and re-running a command finds its own study again by its signature.
 """
 
 from __future__ import annotations
@@ -40,6 +46,23 @@ def resolve_directions(raw: Any, from_app: Optional[List[str]]) -> List[str]:
                         "objective); write e.g. hydra.sweeper.direction=maximize, or leave it null to follow "
                         "the task's objective.")
     return names
+
+
+# Samplers the stock plugin offers that Optuna has since removed: what replaces each.
+REMOVED_SAMPLERS = {
+    "optuna.samplers.MOTPESampler": ("motpe", "tpe", "TPESampler handles several objectives, and MOTPESampler "
+                                     "was removed in Optuna 4"),
+}
+
+
+def check_sampler(cfg: Any) -> None:
+    """A sampler Optuna no longer has is named, with its replacement, before anything runs."""
+    target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
+    if target in REMOVED_SAMPLERS:
+        option, instead, why = REMOVED_SAMPLERS[target]
+        raise UserError(f"The sampler hydra/sweeper/sampler={option} ({target}) no longer exists: {why}. Use "
+                        f"hydra/sweeper/sampler={instead} (in a config: override /hydra/sweeper/sampler: {instead}); "
+                        "its keys seed, n_startup_trials, consider_prior, prior_weight, consider_magic_clip and consider_endpoints carry over (n_ehvi_candidates has none: drop it).")
 
 
 def is_grid(sampler_cfg: Any) -> bool:
@@ -126,10 +149,39 @@ def open_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSampler
             "hydra.sweeper.storage=null for the SQLite study in multirun/optuna.db.") from None
     have = [d.name.lower() for d in study.directions]
     if have != directions:
-        raise UserError(f"Study '{name}' in {redact(str(storage_url))} optimizes {have}, but this sweep asks for "
+        raise StudyMismatch(f"Study '{name}' in {redact(str(storage_url))} optimizes {have}, but this sweep asks for "
                         f"{directions}. Use another hydra.sweeper.study_name, or delete the study "
                         f"(optuna delete-study --study-name {name} --storage {redact(str(storage_url))}).")
     return study, False
+
+
+class StudyMismatch(UserError):
+    """The study under this name was made by another sweep (search space, fixed overrides or directions)."""
+
+
+def open_own_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSampler,
+                   pruner: optuna.pruners.BasePruner, directions: List[str], mine: Dict[str, Dict[str, str]],
+                   chosen: bool, allow_changes: bool) -> Tuple[optuna.Study, bool]:
+    """(this sweep's study, whether it was created): ``name``, or when the user did not choose
+    ``name`` and its storage (``chosen`` False) and another sweep made it, the first derived name
+    whose study is this sweep's or free."""
+    k = 1
+    while True:
+        candidate = name if k == 1 else f"{name}-{k}"
+        try:
+            study, created = open_study(candidate, storage_url, sampler, pruner, directions)
+            claim_or_check(study, created, mine, storage_url, allow_changes)
+        except StudyMismatch as e:
+            if chosen:
+                raise
+            if k == 1:
+                log.info(f"{e.args[0].split('; its ')[0]}. This sweep's study gets a name of its own (re-running "
+                         "this command finds it again); name it with hydra.sweeper.study_name to choose.")
+            k += 1
+            continue
+        if k > 1:
+            log.info(f"study '{candidate}': {'new' if created else 'found again by its search space and overrides'}")
+        return study, created
 
 
 def claim_or_check(study: optuna.Study, created: bool, mine: Dict[str, Dict[str, str]], storage_url: Any,
@@ -153,7 +205,7 @@ def claim_or_check(study: optuna.Study, created: bool, mine: Dict[str, Dict[str,
                     f"{listed}.")
         return
     done = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
-    raise UserError(
+    raise StudyMismatch(
         f"Study '{study.study_name}' in {redact(str(storage_url))} was made by another sweep ({listed}); its {done} "
         "trial(s) would be mixed with this sweep's. Re-run that sweep's command to resume it; or give this sweep "
         "its own study with hydra.sweeper.study_name=<new name> (and tracking.experiment=<new name> for its own "

@@ -72,7 +72,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
         self.workers: List[Any] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
+        self.config, self.task_function = config, task_function
         redact_logs()
         # ${hydra:...} interpolations (e.g. paths under hydra.runtime.cwd) resolve in the sweep process too.
         HydraConfig.instance().set_config(config)
@@ -110,25 +110,29 @@ class SweepsOptunaSweeperImpl(Sweeper):
             raise UserError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must lie in [0, 1]: the "
                             "fraction of n_trials that may fail before the sweep stops, e.g. 0.25.")
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, rate
+        studies.check_sampler(self.sampler_cfg)
+
+    def _process_searchspace_config(self) -> str:
+        """Which of ``params`` and the deprecated ``search_space`` defines the space, warning as the
+        stock plugin's method of this name does."""
+        return search_space.chosen_config(self.params, self.search_space)
 
     def _space(self, arguments: List[str]) -> None:
-        if self.search_space and not self.params:
-            log.warning("hydra.sweeper.search_space is deprecated; use hydra.sweeper.params")
+        use = self._process_searchspace_config()
         try:
-            self.dists, self.fixed = search_space.build(self.params, self.search_space, arguments)
+            self.dists, self.fixed = search_space.build(self.params, self.search_space, arguments, use)
         except ValueError as e:
             raise UserError(f"The search space cannot be built: {str(e).rstrip('.')}. Check hydra.sweeper.params "
                             "and the command line: an interval(low, high) needs low < high (and low > 0 under "
                             "tag(log, ...)), a choice(...) at least one value.") from None
         self.grid, self.n_trials_total = None, self.n_trials
         if studies.is_grid(self.sampler_cfg):
-            self.grid = {}
-            for name, dist in self.dists.items():
-                values = search_space.grid_values(dist)
-                if values is None:
-                    raise UserError(f"The grid sampler needs finite parameters; {name} is continuous (use "
-                                    "choice(...) or range(...)), or choose another sampler.")
-                self.grid[name] = values
+            lines = search_space.override_lines(self.params if use == "params" else None, arguments)
+            self.grid = search_space.grid(lines, self.dists)
+            if self.grid is None:
+                name = next(n for n, d in self.dists.items() if search_space.grid_values(d) is None)
+                raise UserError(f"The grid sampler needs finite parameters; {name} is continuous (use "
+                                "choice(...) or range(...)), or choose another sampler.")
             size = math.prod(len(v) for v in self.grid.values()) if self.grid else 1
             if size < self.n_trials:
                 log.info(f"n_trials {self.n_trials} -> {size}: the grid has {size} points")
@@ -155,10 +159,12 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 budget.check_feasible(self.dists, self.fixed, limit, self.hooks, self.compose)
             sampler = studies.build_sampler(self.sampler_cfg, self.grid, self.worker_index)
             pruner = studies.build_pruner(self.pruner_cfg)
-            self.study, created = studies.open_study(name, self.storage_url, sampler, pruner, directions)
             ignores = self.study_ignores + tuple(self.hooks.ignored_overrides())
-            studies.claim_or_check(self.study, created, studies.signature(self.dists, self.fixed, ignores),
-                                   self.storage_url, self.allow_study_changes)
+            chosen = self.study_name is not None and self.storage is not None
+            self.study, created = studies.open_own_study(
+                name, self.storage_url, sampler, pruner, directions,
+                studies.signature(self.dists, self.fixed, ignores), chosen, self.allow_study_changes)
+            name = self.study.study_name
             role = f"worker {self.worker_index}" if self.is_worker else "sweep"
             done = sum(is_counted(t) for t in self.study.get_trials(deepcopy=False))
             log.info(f"[{role}] study '{name}' in {redact(self.storage_url)}: {done}/{self.n_trials_total} trials "
@@ -174,7 +180,12 @@ class SweepsOptunaSweeperImpl(Sweeper):
         try:
             n_jobs = min(self.n_jobs, self._left())  # never more processes than trials left
             if not self.is_worker and n_jobs > 1:
-                self.workers = workers.spawn(n_jobs, self.sweep_dir, str(cfg.hydra.runtime.cwd))
+                if workers.command_runs(self.task_function):
+                    self.workers = workers.spawn(n_jobs, self.sweep_dir, str(cfg.hydra.runtime.cwd))
+                else:
+                    log.info(f"hydra.sweeper.n_jobs={self.n_jobs}: this sweep was not started by a command that "
+                             "runs its task (a test, a notebook, Hydra's API), so no worker process can re-run it; "
+                             "its trials run one after another in this process")
             code = self._work()
         except storage_errors() as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -217,10 +228,13 @@ class SweepsOptunaSweeperImpl(Sweeper):
                         self._close_orphan)
             if len(tally.failures) > self.max_failure_rate * n_trials:
                 last = tally.failures[-1]
+                reason = last.user_attrs.get(FAIL_REASON, "unknown")
                 log.error(f"{len(tally.failures)} of the {n_trials} trials failed, more than "
                           f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows; stopping. Last failure "
-                          f"(trial {last.number}): {last.user_attrs.get(FAIL_REASON, 'unknown')}. Fix the cause, "
+                          f"(trial {last.number}): {reason}. Fix the cause, "
                           "or raise max_failure_rate, and re-run the same command to continue the study.")
+                if not self.is_worker:  # on stderr too, where the stock plugin puts the job's exception
+                    print(f"Error: trial {last.number} failed: {redact(str(reason))}", file=sys.stderr, flush=True)
                 return 1
             if not tally.has_room(n_trials):
                 if tally.counted < n_trials and self._wait_for_ownerless(tally):
@@ -230,7 +244,13 @@ class SweepsOptunaSweeperImpl(Sweeper):
             if trial is None:
                 continue  # surplus: another process filled the study first
             self.current = trial
-            self.runner.run(trial)
+            try:
+                self.runner.run(trial)
+            except (KeyboardInterrupt, *storage_errors()):
+                raise
+            except Exception as e:  # noqa: BLE001 - a bug of the sweeper or the hooks: the trial must not stay RUNNING
+                log.exception(f"trial {trial.number}: the sweeper failed while running it")
+                self._fail_unfinished(trial, f"the sweeper failed while running it: {type(e).__name__}: {e}")
             self.current = None
 
     def _wait_for_ownerless(self, tally: ledger.Tally) -> bool:
@@ -263,6 +283,10 @@ class SweepsOptunaSweeperImpl(Sweeper):
             self.hooks.close_orphan(self.link(t.number), t, f"process {owner_text(t)} was killed")
         except Exception as e:  # noqa: BLE001 - its record stays as it is; the trial runs again
             log.warning(f"could not close the run of trial {t.number} ({e})")
+
+    def _fail_unfinished(self, trial: optuna.trial.Trial, reason: str) -> None:
+        if not self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            self.runner.fail(trial, reason)
 
     def _interrupt_current(self, reason: str) -> None:
         trial, self.current = self.current, None

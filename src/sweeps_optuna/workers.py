@@ -6,16 +6,23 @@ its own command line (``sys.orig_argv`` with ``hydra.sweeper.n_jobs=1``, the
 same ``hydra.sweep.dir`` and ``SWEEPS_OPTUNA_WORKER=<k>``), and every process
 runs the same ask -> launch -> tell loop on the shared study, so there is no
 barrier. On a multi-GPU host each worker gets one GPU (round robin).
+
+Re-running the command line runs the task again only when the command is the
+task's own script, module or console script. A sweep driven from elsewhere
+(Hydra's test utilities, pytest, a notebook, a script that calls Hydra's API
+with a task of another module) runs its trials one after another in its own
+process instead: no worker would run the same task.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Any, List, Optional
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,31 @@ def worker_index() -> int:
 def quote(value: str) -> str:
     """A value as one quoted Hydra override argument."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _source_of(obj: Any) -> Optional[str]:
+    target = obj if inspect.isfunction(obj) or inspect.ismethod(obj) else type(obj)
+    try:
+        path = inspect.getsourcefile(inspect.unwrap(target))
+    except TypeError:
+        return None
+    return os.path.realpath(path) if path else None
+
+
+def command_runs(task_function: Any) -> bool:
+    """Whether this process's command line, run again, runs ``task_function``: its file is the
+    ``__main__`` script (``python app.py``, ``python -m pkg.app``), or ``__main__`` is a console
+    script that imports a function of the task's module (``sweeps-train``)."""
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    task_file = _source_of(task_function)
+    if not main_file or not task_file:
+        return False
+    if os.path.realpath(main_file) == task_file:
+        return True
+    module = getattr(inspect.unwrap(task_function), "__module__", None)
+    return module not in (None, "__main__") and any(
+        inspect.isfunction(v) and v.__module__ == module for v in vars(main).values())
 
 
 def _gpu_count() -> int:

@@ -6,7 +6,12 @@ The sweeper accepts the stock ``hydra/sweeper=optuna`` settings unchanged
 ``custom_search_space``) and adds ``pruner``, ``heartbeat_interval``, the
 study-sharing settings and ``hooks`` (the app's side of a sweep: the group
 ``hydra/sweeper/hooks``, whose option ``app`` an app provides in its own
-config tree; see :mod:`.hooks`).
+config tree; see :mod:`sweeps_optuna.hooks`).
+
+When the stock plugin is not installed, the same configs are also stored as
+``hydra/sweeper=optuna``, so that existing configs (``override
+/hydra/sweeper: optuna``) select ours unchanged; when it is installed, ``optuna``
+is the stock plugin and ours is ``sweeps_optuna`` only.
 """
 
 from dataclasses import dataclass, field
@@ -15,6 +20,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from sweeps_optuna import stock
 
 PROVIDER = "sweeps"
 
@@ -83,6 +90,20 @@ class NSGAIISamplerConfig(SamplerConfig):
     crossover_prob: float = 0.9
     swapping_prob: float = 0.5
     constraints_func: Optional[Any] = None
+
+
+@dataclass
+class MOTPESamplerConfig(SamplerConfig):
+    """The stock option ``motpe``: MOTPESampler was removed in Optuna 4 (TPESampler handles several
+    objectives). Kept so that selecting it gets that sentence instead of "could not find"."""
+
+    _target_: str = "optuna.samplers.MOTPESampler"
+    consider_prior: Optional[bool] = None
+    prior_weight: Optional[float] = None
+    consider_magic_clip: Optional[bool] = None
+    consider_endpoints: Optional[bool] = None
+    n_startup_trials: Optional[int] = None
+    n_ehvi_candidates: Optional[int] = None
 
 
 @dataclass
@@ -230,11 +251,14 @@ class SweepsOptunaSweeperConf:
 
 cs = ConfigStore.instance()
 cs.store(group="hydra/sweeper", name="sweeps_optuna", node=SweepsOptunaSweeperConf, provider=PROVIDER)
+if not stock.installed():
+    cs.store(group="hydra/sweeper", name=stock.OPTION, node=SweepsOptunaSweeperConf, provider=PROVIDER)
 for name, node in {
     "tpe": TPESamplerConfig,
     "random": RandomSamplerConfig,
     "cmaes": CmaEsSamplerConfig,
     "nsgaii": NSGAIISamplerConfig,
+    "motpe": MOTPESamplerConfig,
     "grid": GridSamplerConfig,
     "qmc": QMCSamplerConfig,
     "gp": GPSamplerConfig,
