@@ -117,3 +117,17 @@ def test_an_unreadable_study_database_is_named_and_left_as_it_is(project):
     assert f"The Optuna storage {db} (hydra.sweeper.storage) cannot be read" in out and "left as it is" in out
     assert _digest(db) == digest
     assert not mlflow_runs(project), "a refused sweep records nothing"
+
+
+@pytest.mark.parametrize("keep,finished,left", [
+    ("best", True, ["best.pt"]), ("best", False, []), ("all", True, ["best.pt", "last.pt"]),
+    ("all", False, ["best.pt", "last.pt"]), ("none", True, []), ("none", False, []),
+])
+def test_checkpoint_retention(tmp_path, keep, finished, left):
+    from sweeps import checkpoint
+
+    for name in (checkpoint.BEST, checkpoint.LAST, "job.json"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    checkpoint.retain(tmp_path, keep, finished)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == left
+    assert (tmp_path / "job.json").exists()

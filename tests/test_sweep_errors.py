@@ -128,3 +128,18 @@ def test_sweep_syntax_mistakes_are_named_before_hydra_runs(tmp_path, args, expec
     for fragment in expected:
         assert fragment in last, last
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_trial_names_hold_what_differs_rounded_and_stay_unique():
+    from sweeps_optuna.search_space import MAX_TRIAL_NAME, trial_name
+
+    assert trial_name(3, {"optim.lr": 0.0012345678, "model.blocks": "[2,2]"}) == "lr=0.001235 blocks=[2,2] #3"
+    # a table row: the option alone
+    assert trial_name(0, {"+hparams_search/rows/optimizer": "adam_lr0.001_wd5e-4"}) == "adam_lr0.001_wd5e-4 #0"
+    # two searched keys with the same last part keep their full names
+    assert trial_name(1, {"optim.lr": 0.1, "schedule.lr": 0.2}) == "optim.lr=0.1 schedule.lr=0.2 #1"
+    # values that round alike stay apart by the trial number; a long name is cut, the number kept
+    assert trial_name(4, {"optim.lr": 0.0123401}) != trial_name(5, {"optim.lr": 0.0123402})
+    long = trial_name(12, {f"model.key{i}": 0.123456 for i in range(20)})
+    assert len(long) <= MAX_TRIAL_NAME + 4 and long.endswith("… #12"), long
+    assert trial_name(7, {}) == "#7"

@@ -144,6 +144,13 @@ def test_sweep_runs_n_trials_with_workers_under_one_parent(tmp_path: Path):
     assert sorted(int(x.data.tags["sweeps.trial"]) for x in children) == list(range(6))
     assert {x.data.tags["sweeps.state"] for x in children} == {"COMPLETE"}
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {x.info.run_id for x in children}
+    # the runs are named by what differs between the trials: short, unique, the searched value rounded
+    by_trial = {int(x.data.tags["sweeps.trial"]): x for x in children}
+    names = [by_trial[t.number].info.run_name for t in trials]
+    assert len(set(names)) == 6 and all(len(n) <= 72 for n in names), names
+    for t in trials:
+        assert by_trial[t.number].info.run_name == f"lr={t.params['optim.lr']:.4g} #{t.number}", names
+        assert "optim.lr=" in by_trial[t.number].data.tags["sweeps.overrides"]  # the report's full overrides
     # one output dir per trial number, and the results file with the best trial
     sweep_dir = next((tmp_path / "multirun").glob("*/*/optimization_results.yaml")).parent
     assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == [str(i) for i in range(6)]
@@ -228,6 +235,27 @@ def test_pruner_prunes_bad_learning_rates(prune_and_nan):
     assert all(t.params["optim.lr"] != 0.1 for t in pruned)  # the first complete trial is the reference
     states = {x.data.tags.get("sweeps.trial"): x.data.tags.get("sweeps.state") for x in runs(root, "prune")}
     assert all(states[str(t.number)] == "PRUNED" for t in pruned)
+
+
+def test_a_sweep_keeps_only_the_best_weights_of_finished_trials(prune_and_nan):
+    """trainer.keep_checkpoints=best (the default): a COMPLETE trial keeps best.pt (the tested weights,
+    about 4 bytes a parameter) and drops last.pt (optimizer state, for resume); a PRUNED or FAIL one
+    keeps nothing. Counted in bytes: what the sweep leaves is the finished trials' best.pt and no more."""
+    root, r = prune_and_nan
+    assert r.returncode == 0, show(r)
+    sweep_dir = next((root / "multirun").glob("*/*/optimization_results.yaml")).parent
+    trials = study(root, "prune").trials
+    kept = 0
+    for t in counted(trials):
+        files = sorted(p.name for p in (sweep_dir / str(t.number)).glob("*.pt"))
+        if t.state.name == "COMPLETE":
+            assert files == ["best.pt"], (t.number, files)
+            size = (sweep_dir / str(t.number) / "best.pt").stat().st_size
+            assert size < 4 * t.user_attrs["n_params"] + 64_000, (t.number, size)  # weights, no optimizer
+            kept += size
+        else:
+            assert files == [], (t.number, t.state, files)
+    assert kept and sum(p.stat().st_size for p in (root / "multirun").rglob("*.pt")) == kept
 
 
 def test_diverging_trial_fails_and_the_sweep_goes_on(prune_and_nan):

@@ -41,6 +41,7 @@ def test_tiny_run_returns_objective_and_summary(project):
     assert run.data.tags["sweeps.state"] == "COMPLETE"
     assert run.info.run_name.startswith("dataset=digits,model.channels=[8,16]")
     assert list((project / "outputs").glob("*/*/best.pt")), "best checkpoint kept in the run dir"
+    assert not list((project / "outputs").glob("*/*/last.pt")), "a finished run drops its resume checkpoint"
 
 
 def test_summary_prints_exact_count_last():
@@ -68,6 +69,12 @@ BAD_INPUTS = [
     (["optim=adam", "optim.momentum=0.9"], ["'optim.momentum' is not a key of optim=adam", "a key of optim=sgd"]),
     (["trainer.device=gpu"], ["trainer.device='gpu' is not a device", "auto, cpu, cuda or cuda:N"]),
     (["model.channels=64"], ["model.channels=64 is one number", "model.channels=[64,128]"]),
+    (["augment=norm_crop_flip", "augment.crop.padding=-2"], ["augment.crop.padding=-2 must be >= 0"]),
+    (["dataset.num_classes=5"], ["dataset.num_classes=5 but digits has 10 classes", "dataset.num_classes=10"]),
+    (["optim=sgd", "optim.nesterov=true", "optim.momentum=0"],
+     ["optim.nesterov=true needs momentum", "optim.momentum=0.0 must be > 0", "optim.nesterov=false"]),
+    (["trainer.precision=fp8"], ["trainer.precision='fp8' is not one of auto, fp32, bf16, fp16"]),
+    (["trainer.keep_checkpoints=last"], ["trainer.keep_checkpoints='last' is not one of best, all, none"]),
 ]
 
 
@@ -124,14 +131,25 @@ def test_flags_with_values_and_overrides_on_both_sides(project):
     assert not (project / "mlruns").exists() and not (project / "outputs").exists()
 
 
+def test_a_typo_in_the_users_own_experiment_file_names_the_file_and_the_close_match(project):
+    mine = project / "my_configs" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /optim: adamW\n")
+    proc = run_module("sweeps.train", ["--config-dir", str(project / "my_configs"), "experiment=mine", *TINY], project)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert f"{mine / 'mine.yaml'} (chosen by experiment=mine) selects optim: adamW" in message, message
+    assert "Did you mean 'adamw'?" in message and "Fix that line of mine.yaml" in message, message
+    assert not (project / "mlruns").exists()
+
+
 def test_cifar10_without_data_or_network_names_path_and_digits(project):
     proc = run_module("sweeps.train", TINY + ["dataset=cifar10"], project, timeout=200)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
     assert str(project / "data") in message and "dataset=digits" in message
-    runs = mlflow_runs(project)
-    assert runs and all(r.info.status == "FAILED" for r in runs), "the attempt is recorded, not left RUNNING"
+    assert not mlflow_runs(project), "data that cannot be had is a user error: nothing is recorded"
 
 
 def test_multiscale_tencrop_evaluation(project):

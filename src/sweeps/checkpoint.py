@@ -59,3 +59,20 @@ def load(path: Path, device: torch.device, binding: str | None) -> dict[str, Any
                     "it is not resumed; training from the first epoch.")
         return None
     return ckpt
+
+
+KEEP = ("best", "all", "none")
+
+
+def retain(run_dir: Path, keep: str, finished: bool) -> None:
+    """Drop what ``trainer.keep_checkpoints`` does not keep once a run has ended.
+
+    ``last.pt`` (model, optimizer and RNG state: about 4x ``best.pt``) exists for
+    resume, and a run that ended will not resume: hundreds of trials would
+    otherwise leave gigabytes. An interrupted run never comes here.
+    """
+    if keep == "all":
+        return
+    drop = [LAST] if finished and keep == "best" else [LAST, BEST]
+    for name in drop:
+        (run_dir / name).unlink(missing_ok=True)

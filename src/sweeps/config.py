@@ -6,6 +6,7 @@ before a model is built or any data is read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeps.errors import ConfigError
 from sweeps.objectives import OBJECTIVES
+
+log = logging.getLogger(__name__)
+
+# The classes of the datasets whose labels are fixed (fake draws its labels from num_classes).
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEP_CHECKPOINTS = ("best", "all", "none")
 
 # Config nodes that say where and how a run is recorded, not what is trained: they are
 # not logged as params, not part of a run's name, and may differ between the sweeps
@@ -90,9 +98,42 @@ def validate(cfg: DictConfig) -> None:
     _require(classes is None or len(classes) == n_classes,
              f"dataset.classes has {len(classes or [])} names but dataset.num_classes={n_classes}; give one name "
              "per class in label order, or dataset.classes=null to number them.")
+    name = OmegaConf.select(cfg, "dataset.name")
+    have = DATASET_CLASSES.get(str(name))
+    _require(have is None or n_classes is None or int(n_classes) >= have,
+             f"dataset.num_classes={n_classes} but {name} has {have} classes (labels 0..{(have or 1) - 1}), so its "
+             f"labels would fall outside the model's outputs; use dataset.num_classes={have}.")
+    padding = _number(cfg, "augment.crop.padding", int) if OmegaConf.select(cfg, "augment.crop") is not None else None
+    _require(padding is None or padding >= 0, f"augment.crop.padding={padding} must be >= 0: the pixels added on "
+             "each side before the random crop (the seeds use 4); or augment.crop=null for no crop.")
+    if OmegaConf.select(cfg, "optim.nesterov"):
+        momentum = _number(cfg, "optim.momentum", float)
+        _require(momentum is not None and momentum > 0, f"optim.nesterov=true needs momentum: optim.momentum="
+                 f"{momentum} must be > 0 (e.g. optim.momentum=0.9), or set optim.nesterov=false.")
+    precision = OmegaConf.select(cfg, "trainer.precision")
+    _require(precision in PRECISIONS, f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)}; "
+             "auto is bf16 autocast on CUDA and fp32 elsewhere.")
+    keep = OmegaConf.select(cfg, "trainer.keep_checkpoints", default="best")
+    _require(keep in KEEP_CHECKPOINTS, f"trainer.keep_checkpoints={keep!r} is not one of "
+             f"{', '.join(KEEP_CHECKPOINTS)}: best keeps a finished run's best.pt, all keeps last.pt too, none keeps "
+             "neither.")
+    _warn_schedule(cfg, epochs)
     objectives = cfg.objective if isinstance(cfg.objective, ListConfig) else [cfg.objective]
     for name in objectives:
         _require(name in OBJECTIVES, f"objective={name!r} is not a metric a run reports; use one of {list(OBJECTIVES)}.")
+
+
+def _warn_schedule(cfg: DictConfig, epochs: int) -> None:
+    """A schedule that cannot act within the run's epochs trains at one rate: said, not refused
+    (a short smoke run of a long recipe does this on purpose)."""
+    milestones = OmegaConf.select(cfg, "schedule.scheduler.milestones")
+    if milestones is None or OmegaConf.select(cfg, "schedule.interval") not in (None, "epoch"):
+        return
+    late = [int(m) for m in milestones if int(m) >= epochs]
+    if late and len(late) == len(milestones):
+        log.warning(f"schedule.scheduler.milestones={list(milestones)} all lie at or beyond trainer.epochs={epochs}: "
+                    "the learning rate never decays in this run; e.g. schedule.scheduler.milestones="
+                    f"[{max(1, epochs // 2)},{max(1, (3 * epochs) // 4)}].")
 
 
 def flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

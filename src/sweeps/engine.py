@@ -219,7 +219,9 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         bar = tqdm(train_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
-                   disable=not t.progress, leave=False, dynamic_ncols=True)
+                   # None: off where stderr is no terminal (a log file, a worker's log), where
+                   # its carriage returns would run into the epoch lines
+                   disable=None if t.progress else True, leave=False, dynamic_ncols=True)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):

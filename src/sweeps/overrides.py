@@ -7,6 +7,7 @@ group options against the config tree first lets us name the close match.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,8 +114,8 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
             keys.append(key)  # interval()/range() search params: check the key only
         else:
             keys.append(key)
-    if keys:
-        cfg = compose(choices, config_name)
+    if keys or choices:
+        cfg = _compose_naming_files(choices, config_name)
         known = _leaf_keys(cfg)
         for key in keys:
             if key not in known and not _selectable(cfg, key):
@@ -134,6 +135,36 @@ def check(args: Sequence[str], config_name: str = "train") -> list[str]:
                     f"purpose, write +{key}=..."
                 )
     return args
+
+
+_NOT_FOUND = re.compile(r"Could not find '([^']+)/([^'/]+)'")
+
+
+def _compose_naming_files(choices: list[str], config_name: str) -> DictConfig:
+    """compose(), where a missing option in a config file's defaults list names that file.
+
+    Hydra says ``In 'train': Could not find 'optim/adamW'`` for a typo inside the
+    user's own experiment file; the command line's typos get the close match,
+    and so should the file's.
+    """
+    try:
+        return compose(choices, config_name)
+    except ConfigError as e:
+        found = _NOT_FOUND.search(str(e))
+        if not found:
+            raise
+        group, option = found.group(1).strip("/"), found.group(2)
+        options = group_options(group)
+        for choice in choices:
+            chosen_group, _, chosen = choice.partition("=")
+            for path in _option_files(chosen_group.lstrip("+~"), chosen):
+                if re.search(rf"^\s*-\s*(override\s+)?/?{re.escape(group)}\s*:\s*{re.escape(option)}\s*$",
+                             path.read_text(), re.MULTILINE):
+                    raise ConfigError(
+                        f"{path} (chosen by {choice}) selects {group}: {option} in its defaults list, which is not "
+                        f"an option of the '{group}' config group.{close_matches(option, options)} The options are: "
+                        f"{', '.join(options)}. Fix that line of {path.name}.") from None
+        raise
 
 
 _MISSING = object()

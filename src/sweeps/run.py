@@ -35,7 +35,7 @@ from sweeps.models import build_model, check_budget, model_size
 from sweeps.preflight import check_job, disk_full_is_one_paragraph
 from sweeps.tracking import RunRecorder, log_config_artifacts, overrides_run_name
 from sweeps.trial_link import TrialLink
-from sweeps_optuna.contract import COMPLETE, TAG_STATE, TAG_STUDY, TAG_TRIAL
+from sweeps_optuna.contract import COMPLETE, TAG_OVERRIDES, TAG_STATE, TAG_STUDY, TAG_TRIAL
 
 log = logging.getLogger("sweeps.train")
 
@@ -89,16 +89,18 @@ def prepare(cfg: DictConfig) -> Plan:
     ident = run_dir.identity(cfg)
     # A directory that holds another run's files is refused here, before anything is recorded.
     resume_id = run_dir.resume_run_id(out_dir, ident) if cfg.trainer.resume else None
+    overrides = overrides_run_name(list(hc.overrides.task))
+    if cfg.tracking.get("run_name"):
+        tags[TAG_OVERRIDES] = overrides[:5000]  # the report reads a run's overrides here
     return Plan(cfg, n_params, out_dir, device, select_pipeline(cfg, device),
-                cfg.tracking.get("run_name") or overrides_run_name(list(hc.overrides.task)), ident, tags, resume_id)
+                cfg.tracking.get("run_name") or overrides, ident, tags, resume_id)
 
 
-def fit_and_test(plan: Plan, rec: RunRecorder, link: TrialLink | None) -> Tested:
+def fit_and_test(plan: Plan, rec: RunRecorder, link: TrialLink | None, splits: Any) -> Tested:
     cfg, device, t = plan.cfg, plan.device, plan.cfg.trainer
     torch.manual_seed(int(cfg.seed))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    splits = load_splits(cfg.dataset)
     model = prepare_model(build_model(cfg).to(device), cfg, device)
     pipe = build_pipeline(cfg, splits, device, plan.pipeline)
     loader = pipe.train
@@ -183,6 +185,8 @@ def finalize(plan: Plan, rec: RunRecorder, tested: Tested) -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     plan = prepare(cfg)
+    # Before the run opens: data that cannot be had (CIFAR offline, a damaged cache) records nothing.
+    splits = load_splits(cfg.dataset)
     link = TrialLink.open(cfg)
     with RunRecorder(cfg, plan.run_name, plan.tags, resume_run_id=plan.resume_id) as rec, \
             disk_full_is_one_paragraph(cfg, plan.out_dir):
@@ -192,9 +196,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if plan.resume_id is None:
             rec.log_params({"n_params": plan.n_params})
             log_config_artifacts(rec, plan.out_dir)
-        final = finalize(plan, rec, fit_and_test(plan, rec, link))
+        try:
+            final = finalize(plan, rec, fit_and_test(plan, rec, link, splits))
+        except Exception:  # pruned, diverged, failed: it will not resume (an interrupted run does, and keeps)
+            checkpoint.retain(plan.out_dir, str(cfg.trainer.get("keep_checkpoints", "best")), finished=False)
+            raise
+        checkpoint.retain(plan.out_dir, str(cfg.trainer.get("keep_checkpoints", "best")), finished=True)
+    epochs = int(final["epochs_run"])
     log.info(
-        f"done: {plan.n_params:,} params | {int(final['epochs_run'])} epochs (best {int(final['best_epoch'])}) | "
+        f"done: {plan.n_params:,} params | {epochs} epoch{'s' if epochs != 1 else ''} (best {int(final['best_epoch'])}) | "
         f"best val acc {final['best_val_acc']:.4f} | test acc {final['test_acc']:.4f} | "
         f"{final['wall_time_s']:.1f}s" + (f" | MLflow run {rec.run_id}" if rec.run_id else ""))
     return final

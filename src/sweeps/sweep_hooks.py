@@ -124,6 +124,8 @@ class SweepsHooks(SweepHooks):
             return {}
         out: dict[str, Any] = {"trial.study": link.study_name, "trial.storage": link.storage,
                                "trial.number": link.number}
+        if link.run_name:
+            out["tracking.run_name"] = link.run_name
         if link.parent_run_id:
             out["trial.parent_run_id"] = link.parent_run_id
         return out
@@ -138,7 +140,9 @@ class SweepsHooks(SweepHooks):
                 c.TAG_REASON: redact(reason)[:5000]}
         if link.parent_run_id:
             tags["mlflow.parentRunId"] = link.parent_run_id
-        run_name, tags = named(run_name, tags)
+        if link.run_name:
+            tags[c.TAG_OVERRIDES] = run_name[:5000]
+        run_name, tags = named(link.run_name or run_name, tags)
         run_id = mlflow.create_run(experiment_id(cfg), run_name=run_name, tags=tags).info.run_id
         try:
             params = config_params(cfg)

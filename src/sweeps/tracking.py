@@ -152,6 +152,11 @@ def log_params(mlflow_client: Any, run_id: str, params: dict[str, Any]) -> None:
         mlflow_client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI mode (traces, no params or
+# metrics in the runs table); "custom_model_development" is its classic ML view.
+ML_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(cfg: DictConfig, name: str | None = None) -> str:
     """Get or create the experiment (safe when several trials race to create it)."""
     from mlflow.exceptions import MlflowException
@@ -162,7 +167,7 @@ def experiment_id(cfg: DictConfig, name: str | None = None) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return store.create_experiment(name, artifact_location=artifact_location(cfg, name))
+        return store.create_experiment(name, artifact_location=artifact_location(cfg, name), tags=ML_EXPERIMENT)
     except MlflowException:
         found = store.get_experiment_by_name(name)  # another process created it first
         if found is None:

@@ -49,7 +49,7 @@ TAG_TRIAL = "sweeps.trial"
 TAG_ROLE = "sweeps.role"  # "parent" on a sweep's parent run
 TAG_STATE = "sweeps.state"  # one of STATES
 TAG_REASON = "sweeps.reason"
-TAG_OVERRIDES = "sweeps.overrides"  # every override of a run whose name had to be shortened
+TAG_OVERRIDES = "sweeps.overrides"  # every override of a run whose name is shorter (a trial's, or one cut to fit)
 ROLE_PARENT = "parent"
 
 # --------------------------------------------------------------------------- states

@@ -37,6 +37,8 @@ class TrialLink:
     storage: str
     number: int
     parent_run_id: Optional[str]
+    # The trial's short name (search_space.trial_name), for its run; "" before it is sampled.
+    run_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class SweepHooks:
     def record_refused(self, link: TrialLink, cfg: Optional[DictConfig], state: str, reason: str,
                        run_name: str, n_params: Optional[int]) -> Optional[str]:
         """Record a trial that was never launched (INFEASIBLE, or a FAIL before its job ran);
-        ``cfg`` is None when the trial's config could not be composed. The run's id, or None."""
+        ``cfg`` is None when the trial's config could not be composed; ``run_name``: its
+        overrides, ``link.run_name``: its short name. The run's id, or None."""
         return None
 
     def has_record(self, link: TrialLink, trial: FrozenTrial) -> bool:

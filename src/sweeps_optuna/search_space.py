@@ -200,6 +200,36 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+MAX_TRIAL_NAME = 64
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return format_value(value)
+
+
+def trial_name(number: int, params: Mapping[str, Any]) -> str:
+    """A trial's short name, unique in its study: what differs between the sweep's trials.
+
+    Only the searched values (the fixed overrides are the same in every trial), floats to
+    4 significant digits, a config group's option (a table's row, ``+hparams_search/rows/x=adam``)
+    by its option alone, each key by its last part unless two searched keys share it; then
+    ``#<trial number>``, which keeps two trials apart whose values round alike.
+    """
+    last = [name.replace("/", ".").rsplit(".", 1)[-1] for name in params]
+    parts = []
+    for (name, value), short in zip(params.items(), last):
+        if "/" in name:
+            parts.append(_short_value(value))
+        else:
+            parts.append(f"{short if last.count(short) == 1 else name}={_short_value(value)}")
+    text = " ".join(parts)
+    if len(text) > MAX_TRIAL_NAME:
+        text = text[:MAX_TRIAL_NAME - 1].rstrip() + "…"
+    return f"{text} #{number}" if text else f"#{number}"
+
+
 def trial_overrides(params: Mapping[str, Any], fixed: Mapping[str, str]) -> List[str]:
     """The overrides of one trial: its sampled values first (they name it), then the fixed ones."""
     overlap = set(params) & set(fixed)

@@ -47,10 +47,17 @@ from .trial_runner import TrialRunner, safe_storage_reference
 log = logging.getLogger(__name__)
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
 def _refuse(error: UserError) -> None:
     """A user error before any trial ran: one paragraph, exit status 2, no traceback."""
     text = str(error)
-    log.error(text[:1].upper() + text[1:])
+    first = text.split(" ", 1)[0]
+    log.error(text if any(c in first for c in "./=") else text[:1].upper() + text[1:])  # a key keeps its case
     sys.exit(2)
 
 
@@ -77,6 +84,9 @@ class SweepsOptunaSweeperImpl(Sweeper):
         # ${hydra:...} interpolations (e.g. paths under hydra.runtime.cwd) resolve in the sweep process too.
         HydraConfig.instance().set_config(config)
         self.config_loader = hydra_context.config_loader
+        # The launcher logs each job's overrides again, with the trial's link (study, storage):
+        # the sweeper's own "trial N: ..." line says what the trial is.
+        logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = str(config.hydra.sweep.dir)
@@ -141,7 +151,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
     # ------------------------------------------------------------------ sweep
 
     def sweep(self, arguments: List[str]) -> Any:
-        started = time.perf_counter()
+        started = self.started = time.perf_counter()
         cfg = self.config
         try:
             self._check_settings()
@@ -166,10 +176,12 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 studies.signature(self.dists, self.fixed, ignores), chosen, self.allow_study_changes)
             name = self.study.study_name
             role = f"worker {self.worker_index}" if self.is_worker else "sweep"
-            done = sum(is_counted(t) for t in self.study.get_trials(deepcopy=False))
+            done = self.done_at_start = sum(is_counted(t) for t in self.study.get_trials(deepcopy=False))
             log.info(f"[{role}] study '{name}' in {redact(self.storage_url)}: {done}/{self.n_trials_total} trials "
                      f"done | sampler {type(sampler).__name__} | pruner {type(pruner).__name__} | directions "
                      f"{directions} | n_jobs {1 if self.is_worker else self.n_jobs}")
+            if self.fixed:
+                log.info(f"[{role}] every trial: {' '.join(f'{k}={v}' for k, v in self.fixed.items())}")
             self.parent_run_id = self.hooks.open_sweep(self.study, created)
         except UserError as e:
             _refuse(e)
@@ -246,12 +258,30 @@ class SweepsOptunaSweeperImpl(Sweeper):
             self.current = trial
             try:
                 self.runner.run(trial)
+                self._progress()
             except (KeyboardInterrupt, *storage_errors()):
                 raise
             except Exception as e:  # noqa: BLE001 - a bug of the sweeper or the hooks: the trial must not stay RUNNING
                 log.exception(f"trial {trial.number}: the sweeper failed while running it")
                 self._fail_unfinished(trial, f"the sweeper failed while running it: {type(e).__name__}: {e}")
             self.current = None
+
+    def _progress(self) -> None:
+        """One line after each trial: the study's count, its best so far, and the time left at this
+        sweep's pace (trials finished since it started, by any process, per second)."""
+        trials = self.study.get_trials(deepcopy=False)
+        count, done = results.counts(trials), sum(is_counted(t) for t in trials)
+        elapsed = time.perf_counter() - self.started
+        pace = (done - self.done_at_start) / elapsed if elapsed > 0 else 0.0
+        left = max(self.n_trials_total - done, 0)
+        eta = f", ~{_duration(left / pace)} left" if pace > 0 and left else ""
+        best = ""
+        if len(self.study.directions) == 1 and count["complete"]:
+            values = [t.value for t in trials if t.state.name == "COMPLETE"]
+            best = f" | best {(max if self.study.direction.name == 'MAXIMIZE' else min)(values):.4g}"
+        log.info(f"sweep {done}/{self.n_trials_total} trials ({count['complete']} complete, {count['pruned']} pruned, "
+                 f"{count['failed']} failed, {count['infeasible']} infeasible){best} | {_duration(elapsed)} "
+                 f"elapsed{eta}")
 
     def _wait_for_ownerless(self, tally: ledger.Tally) -> bool:
         """Sleep a little when a RUNNING trial has no owner yet; True when there was one.

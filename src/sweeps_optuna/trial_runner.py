@@ -16,6 +16,7 @@ itself, is recorded by the hooks all the same, so each trial is a run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from .contract import (FAIL, FAIL_REASON, INFEASIBLE, INFEASIBLE_STATE, N_PARAMS
 from .hooks import SweepHooks, TrialLink
 from .ledger import tell_state
 from .liveness import Heartbeat
-from .search_space import trial_overrides
+from .search_space import trial_name, trial_overrides
 from .storage import STORAGE_ENV, has_secret, redact
 from .workers import quote
 
@@ -80,10 +81,10 @@ class TrialRunner:
         run_name = ",".join(overrides) or "defaults"
         if not self._fits(trial, overrides, run_name):
             return
-        link = self.link(trial.number)
+        link = self._link(trial)
         job = tuple(overrides + [f"{k}={quote(v) if isinstance(v, str) else v}"
                                  for k, v in self.hooks.job_overrides(link).items()])
-        log.info(f"trial {trial.number}: {' '.join(overrides)}")
+        log.info(f"trial {trial.number}: {' '.join(overrides[:len(trial.params)]) or 'the fixed overrides only'}")
         self._pin_submitit_local_gpus()
         try:
             with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval):
@@ -199,10 +200,14 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ records through the hooks
 
+    def _link(self, trial: optuna.trial.Trial) -> TrialLink:
+        """The trial's link, with its short name for its run."""
+        return dataclasses.replace(self.link(trial.number), run_name=trial_name(trial.number, trial.params))
+
     def _record(self, trial: optuna.trial.Trial, cfg: Optional[DictConfig], state: str, reason: str, run_name: str,
                 n_params: Optional[int] = None) -> None:
         try:
-            run_id = self.hooks.record_refused(self.link(trial.number), cfg, state, reason, run_name, n_params)
+            run_id = self.hooks.record_refused(self._link(trial), cfg, state, reason, run_name, n_params)
             if run_id:
                 trial.set_user_attr(RUN_ID, run_id)
         except Exception as e:  # noqa: BLE001 - a record is not worth the trial

@@ -64,7 +64,8 @@ class Cifar100ResNet(nn.Module):
                 "needs exactly one entry more than repeats, and strides needs one per block."
             )
         if any(v < 1 for v in channels + repeats + strides):
-            raise ConfigError(f"model.channels, model.repeats and model.strides must all be >= 1.")
+            raise ConfigError(f"model.channels={channels}, model.repeats={repeats} and model.strides={strides} must "
+                              "all be >= 1.")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} is outside [0, 1); use e.g. model.dropout=0.25.")
         feature = image_size
