@@ -184,6 +184,29 @@ def test_report_of_a_sweep_dir(sweep):
 
 
 @pytest.mark.slow
+def test_a_study_whose_runs_are_gone_is_said_and_reported_from_its_values(sweep, tmp_path):
+    """mlruns/ deleted after a sweep: the re-run says that the study's recorded trials have no runs
+    in this store (and runs none again), and the report shows the study's values for them."""
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(sweep[0], root)
+    shutil.rmtree(root / "mlruns")
+    res = run_module("sweeps.train", SWEEP, cwd=root, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert f"has {len(LRS) * len(HEADS)} recorded trial(s) whose MLflow runs are not in" in out, out[-3000:]
+    study = _study(root)
+    assert len(study.trials) == len(LRS) * len(HEADS)  # nothing ran again
+    res = run_module("sweeps.report", ["abl"], cwd=root, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    md = next((root / "reports").rglob("report.md")).read_text()
+    assert "have no MLflow run in" in md and "the values the Optuna study holds" in md, md[-2000:]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    cells = {row[4].strip("*") for row in _table_rows(md)}
+    assert complete and all(f"{100 * t.value:.2f}" in cells for t in complete), (cells, [t.value for t in complete])
+
+
 def test_report_of_several_experiments(sweep, tmp_path, monkeypatch):
     """Experiment names (store and study found from the cwd); two targets give two sections."""
     import mlflow

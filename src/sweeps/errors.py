@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from sweeps_optuna.contract import Infeasible, UserError
+from sweeps_optuna.contract import Infeasible, MachineFault, UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -45,11 +45,10 @@ class DiskUnusable(ConfigError):
     """A directory the run writes to cannot be created or written, or its disk is (nearly) full."""
 
 
-class DiskFull(UserError):
+class DiskFull(MachineFault):
     """The disk filled up while a run was writing (checkpoint, MLflow store, study): the run
-    stops with one paragraph; its records are closed where the disk allows."""
-
-    exit_code = 1
+    stops with one paragraph; its records are closed where the disk allows, and in a sweep
+    its trial runs again once there is space."""
 
 
 class ReportError(ConfigError):

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sweeps_optuna.contract import COMPLETE, PRUNED  # noqa: E402
+from sweeps_optuna.contract import COMPLETE, INFEASIBLE, PRUNED  # noqa: E402
 
 log = logging.getLogger("sweeps.plots")
 
@@ -218,14 +218,13 @@ def axis_bars(axis: str, bars: Sequence[Mapping[str, Any]], path: Path, title: s
             text = "n/a" if h is None else f"{h:.2f}" + (" ★" if b.get("best") and key == "val_acc" else "")
             ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
                         va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
-    if len(bars) > 5:
-        ax.set_xticks(xs, [str(b["label"])[:40] for b in bars], fontsize=7, rotation=30, ha="right")
+    if len(bars) > 5:  # whole labels, wrapped, never cut: bars must be told apart by what differs
+        ax.set_xticks(xs, [_wrap(str(b["label"]), 28) for b in bars], fontsize=6, rotation=30, ha="right")
     else:
         ax.set_xticks(xs, [_wrap(str(b["label"]), 18) for b in bars], fontsize=7)
     vals = [v for b in bars for v in (percent(b.get("val_acc")), percent(b.get("test_acc"))) if v is not None]
-    if vals:
-        lo = min(vals)
-        ax.set_ylim(max(0.0, lo - 0.15 * max(max(vals) - lo, 5)), min(100.0, max(vals) + 4))
+    # bars start at 0: a cut axis makes a 2-point difference look like a 2x one
+    ax.set_ylim(0.0, min(100.0, max(vals) * 1.08 + 1) if vals else 100.0)
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel(axis)
     ax.grid(axis="y", alpha=0.3)
@@ -299,6 +298,18 @@ def optuna_figure(kind: str, study, path: Path, target_name: str = "objective",
             raise ValueError(f"unknown Optuna figure {kind!r}")
     fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
     fig.set_size_inches(8, 5)
+    if kind == "history":  # Optuna plots the complete trials only: say what else the study holds
+        trials = study.get_trials(deepcopy=False)
+        shown = sum(t.state.name == COMPLETE for t in trials)
+        others = {}
+        for t in trials:
+            if t.state.name != COMPLETE:
+                name = INFEASIBLE if t.user_attrs.get(INFEASIBLE) else t.state.name.lower()
+                others[name] = others.get(name, 0) + 1
+        if others:
+            rest = ", ".join(f"{n} {name}" for name, n in sorted(others.items()))
+            fig.text(0.01, 0.01, f"{shown} of {len(trials)} trials shown (complete); not shown: {rest}",
+                     fontsize=8, color="0.3")
     return _save(fig, path)
 
 

@@ -32,7 +32,7 @@ from sweeps_optuna.hooks import Outcome, SweepHooks, TrialLink
 from sweeps_optuna.storage import redact
 from sweeps import objectives
 from sweeps.config import NOT_EXPERIMENT, RUNTIME_ONLY
-from sweeps.tracking import client, config_params, experiment_id, log_params, named
+from sweeps.tracking import client, config_params, experiment_id, log_params, named, tracking_uri, ui_link
 
 log = logging.getLogger(__name__)
 PARENT_WAIT_S = 60  # how long a second process waits for the first to create the parent run
@@ -90,6 +90,7 @@ class SweepsHooks(SweepHooks):
                 run_id = current()
         mlflow = client(self.config)
         if run_id is None or not _exists(mlflow, run_id):
+            self._say_unrecorded(study, run_id)
             run_id = mlflow.create_run(experiment_id(self.config), run_name=study.study_name,
                                        tags={c.TAG_STUDY: study.study_name, c.TAG_ROLE: c.ROLE_PARENT}).info.run_id
             study.set_user_attr(c.PARENT_RUN_ID, run_id)
@@ -97,6 +98,17 @@ class SweepsHooks(SweepHooks):
         self.parent_run_id = run_id
         self._close_runs_of_finished_trials(study, mlflow)
         return run_id
+
+    def _say_unrecorded(self, study: Any, old_parent: str | None) -> None:
+        """A study whose recorded trials have no runs in this store (mlruns/ deleted, or tracking
+        pointed elsewhere) is said once: its report shows the study's values for those trials."""
+        recorded = [t.number for t in study.get_trials(deepcopy=False) if c.RUN_ID in t.user_attrs]
+        if old_parent is None or not recorded:
+            return
+        log.warning(f"Study '{study.study_name}' has {len(recorded)} recorded trial(s) whose MLflow runs are not in "
+                    f"{redact(tracking_uri(self.config))} (mlruns/ deleted, or tracking pointed elsewhere): they are "
+                    "not run again, and the report shows the values the study holds for them. Point tracking.uri "
+                    "(or paths.mlruns) back to the old store to see their runs.")
 
     def _close_runs_of_finished_trials(self, study: Any, mlflow: Any) -> None:
         """A trial's run that is still RUNNING although its trial has finished (its job could not close
@@ -190,8 +202,14 @@ class SweepsHooks(SweepHooks):
         mlflow = client(self.config)
         if "best_value" in results:
             mlflow.log_metric(parent, "best_value", float(results["best_value"]))
-        if mlflow.get_run(parent).info.status != "FINISHED":
+        run = mlflow.get_run(parent)
+        if run.info.status != "FINISHED":
             mlflow.set_terminated(parent, "FINISHED")
+        objective = self.config.objective
+        first = str(objective[0] if isinstance(objective, ListConfig) else objective)
+        link = ui_link(self.config, run.info.experiment_id, parent, first, objectives.maximize(first))
+        local = not tracking_uri(self.config).startswith(("http://", "https://"))
+        log.info(f"MLflow UI{' (make ui)' if local else ''}: {link}")
 
     def _runs_of(self, link: TrialLink, trial: Any) -> list:
         """The trial's MLflow runs: by the id it holds, else by its parent run and trial tags."""

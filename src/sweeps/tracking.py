@@ -63,6 +63,27 @@ def local_store_uri(mlruns: str | Path) -> str:
     return f"sqlite:///{Path(mlruns).resolve() / 'mlflow.db'}"
 
 
+UI_PORT = 5000  # `make ui`'s default
+
+
+def ui_link(cfg: DictConfig, experiment_id: str, parent_run_id: str, objective: str, maximize: bool) -> str:
+    """A link to one sweep's runs in the MLflow UI, best first: its parent run's children, sorted by
+    the objective. On an http(s) tracking server, that server (without credentials); on the
+    project's SQLite store, `make ui`'s address."""
+    from urllib.parse import quote, urlsplit
+
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        parts = urlsplit(uri)
+        base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")
+    else:
+        base = f"http://127.0.0.1:{UI_PORT}"
+    search = quote(f"tags.`mlflow.parentRunId` = '{parent_run_id}'", safe="")
+    order = quote(f"metrics.`{objective}`", safe="")
+    return (f"{base}/#/experiments/{experiment_id}?searchFilter={search}&orderByKey={order}"
+            f"&orderByAsc={'false' if maximize else 'true'}")
+
+
 def artifact_location(cfg: DictConfig, experiment: str) -> str | None:
     """Artifacts beside the default SQLite store; a server keeps its own."""
     if not tracking_uri(cfg).startswith("sqlite:///") or cfg.tracking.get("uri"):

@@ -104,6 +104,14 @@ class UserError(Exception):
     """
 
 
+class MachineFault(UserError):
+    """Raised by a job stopped for a reason of the machine's, not of its configuration (a full
+    disk): its trial is queued again (FAIL + ``interrupted``, not counted) and the sweep stops,
+    since every next trial would meet the same; re-running the command once it is fixed goes on."""
+
+    exit_code = 1
+
+
 class Infeasible(UserError):
     """Raised by a job whose model is over the app's parameter budget: the trial is PRUNED
     with ``infeasible``, not a failure. Pickled back from a cluster job by its numbers."""

@@ -121,8 +121,19 @@ def interrupt(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    study.enqueue_trial(dict(t.params))
+    params = dict(t.params) or _grid_point(study.sampler, t)
+    if params:  # a trial killed before it was sampled has nothing to queue: the next ask samples afresh
+        study.enqueue_trial(params)
     return True
+
+
+def _grid_point(sampler: optuna.samplers.BaseSampler, t: FrozenTrial) -> dict:
+    """The grid point a grid sampler gave a trial that was killed before its parameters were set:
+    finished, the trial marks the point visited, so it must run under another trial."""
+    grid_id = t.system_attrs.get("grid_id")
+    if not isinstance(sampler, optuna.samplers.GridSampler) or grid_id is None:
+        return {}
+    return dict(zip(sampler._param_names, sampler._all_grids[grid_id]))
 
 
 def recover(study: optuna.Study, t: FrozenTrial, state: str, values: Optional[List[float]], reason: str) -> bool:

@@ -81,8 +81,11 @@ def build_sampler(cfg: Any, grid: Optional[Dict[str, List[Any]]], worker_index: 
         if isinstance(value, dict) and "_target_" in value:
             spec[key] = instantiate(value)  # e.g. independent_sampler
     if grid is not None:
+        # The grid's order comes from its seed, and a trial holds its point as an index into
+        # that order: every process of a sweep (workers, re-runs) must shuffle alike.
         spec["search_space"] = grid
-    if spec.get("seed") is not None and worker_index:
+        spec.setdefault("seed", 0)
+    elif spec.get("seed") is not None and worker_index:
         spec["seed"] = int(spec["seed"]) + WORKER_SEED_STRIDE * worker_index  # workers must not mirror each other
     return cls(**spec)
 

@@ -258,6 +258,13 @@ class SweepsOptunaSweeperImpl(Sweeper):
             self.current = trial
             try:
                 self.runner.run(trial)
+                if self.runner.stop:
+                    log.error(f"The sweep stopped: trial {trial.number} could not run for a reason of the machine's "
+                              f"({self.runner.stop}). It is queued again, not counted; fix the cause and re-run the "
+                              "same command to continue the study.")
+                    if not self.is_worker:
+                        print(f"Error: trial {trial.number}: {redact(self.runner.stop)}", file=sys.stderr, flush=True)
+                    return 1
                 self._progress()
             except (KeyboardInterrupt, *storage_errors()):
                 raise

@@ -27,10 +27,10 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, ListConfig
 from optuna.trial import TrialState
 
-from .contract import (FAIL, FAIL_REASON, INFEASIBLE, INFEASIBLE_STATE, N_PARAMS, OVERRIDES, REASON, RUN_ID,
-                       Infeasible, Interrupted, UserError)
+from .contract import (FAIL, FAIL_REASON, INFEASIBLE, INFEASIBLE_STATE, INTERRUPTED_STATE, N_PARAMS, OVERRIDES,
+                       REASON, RUN_ID, Infeasible, Interrupted, MachineFault, UserError)
 from .hooks import SweepHooks, TrialLink
-from .ledger import tell_state
+from .ledger import interrupt, tell_state
 from .liveness import Heartbeat
 from .search_space import trial_name, trial_overrides
 from .storage import STORAGE_ENV, has_secret, redact
@@ -68,6 +68,7 @@ class TrialRunner:
         self.fixed, self.link, self.heartbeat_interval = fixed, link, heartbeat_interval
         self.custom_search_space, self.config = custom_search_space, config
         self.n_objectives = len(study.directions)
+        self.stop: Optional[str] = None  # why the sweep must stop (a job's MachineFault)
 
     def run(self, trial: optuna.trial.Trial) -> None:
         try:
@@ -171,6 +172,12 @@ class TrialRunner:
             trial.set_user_attr(REASON, str(exc))
             tell_state(self.study, trial, TrialState.PRUNED)
             log.info(f"trial {trial.number} PRUNED: {exc}")
+        elif isinstance(exc, MachineFault):  # not the trial's fault: it runs again, the sweep stops
+            text = reason_of(exc)
+            self._close_records(trial, text, INTERRUPTED_STATE)
+            if interrupt(self.study, self.study._storage.get_trial(trial._trial_id), text):
+                log.warning(f"trial {trial.number} interrupted (queued again): {text}")
+            self.stop = text
         elif isinstance(exc, Infeasible):  # the job counted its own model over budget
             trial.set_user_attr(INFEASIBLE, True)
             trial.set_user_attr(N_PARAMS, exc.n_params)
@@ -182,12 +189,12 @@ class TrialRunner:
             self.fail(trial, text)
             self._close_records(trial, text)
 
-    def _close_records(self, trial: optuna.trial.Trial, reason: str) -> None:
+    def _close_records(self, trial: optuna.trial.Trial, reason: str, state: str = FAIL) -> None:
         """The job is over: none of its run records may stay open (a job that could not close its
         own run, e.g. on a full disk, leaves that to the sweeper)."""
         try:
             self.hooks.close_orphan(self.link(trial.number), self.study._storage.get_trial(trial._trial_id), reason,
-                                    FAIL)
+                                    state)
         except Exception as e:  # noqa: BLE001 - the next sweep of the study closes it
             log.warning(f"trial {trial.number}: could not close its run ({e})")
 

@@ -19,10 +19,21 @@ if TYPE_CHECKING:
 ROWS_GROUP = "hparams_search/rows/"
 
 
+def rounded(value: str) -> str:
+    """A float as a label shows it: 4 significant digits (a sampled 0.0012345678901234 is 0.001235)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if any(c in value for c in ".eE") and number == number and abs(number) != float("inf"):
+        return f"{number:.4g}"
+    return value
+
+
 def token_text(key: str, value: str) -> str:
     if key.startswith(ROWS_GROUP):
         return value  # a named table row (hparams_search/rows/<table>=<row>) says what it is
-    return key if value == BARE else f"{key}={value}"
+    return key if value == BARE else f"{key}={rounded(value)}"
 
 
 def axis_name(key: str) -> str:

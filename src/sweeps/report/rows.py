@@ -15,6 +15,7 @@ from typing import Any
 
 from sweeps.report.names import name_tokens
 from sweeps_optuna import contract as c
+from sweeps_optuna.storage import redact
 
 @dataclass
 class Row:
@@ -132,10 +133,18 @@ def merge_trials(sweep: Sweep) -> None:
         return
     by_run = {r.run_id: r for r in sweep.rows if r.run_id}
     by_trial = {r.trial: r for r in sweep.rows if r.trial is not None}
+    unrecorded = []
     for trial in sweep.study.get_trials(deepcopy=False):
         row = by_run.get(trial.user_attrs.get(c.RUN_ID)) or by_trial.get(trial.number)
         if row is None:
-            sweep.rows.append(row_from_trial(trial))
+            row = row_from_trial(trial)
+            # the value the study holds, where its run is gone (mlruns/ deleted, another store)
+            metric = {"best_val_acc": "val_acc", "test_acc": "test_acc"}.get(sweep.objective)
+            if metric and row.objective is not None:
+                setattr(row, metric, row.objective)
+            if trial.user_attrs.get(c.RUN_ID):
+                unrecorded.append(trial.number)
+            sweep.rows.append(row)
             continue
         if row.trial is None:
             row.trial = trial.number
@@ -146,3 +155,7 @@ def merge_trials(sweep: Sweep) -> None:
         reason = _trial_reason(trial.user_attrs)
         if not row.reason and reason:
             row.reason = str(reason)
+    if unrecorded:
+        sweep.notes.append(f"Trial(s) {', '.join(map(str, unrecorded))} have no MLflow run in {redact(sweep.tracking_uri)} "
+                           "(mlruns/ deleted, or tracking pointed elsewhere): their rows show the values the "
+                           "Optuna study holds.")

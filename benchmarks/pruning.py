@@ -1,0 +1,107 @@
+"""Does pruning pay off? The same sweep with each pruner, on the same sampler seeds.
+
+    python benchmarks/pruning.py                               # 16 trials x 8 epochs, seeds 0 1 2
+    python benchmarks/pruning.py --pruners none hyperband --seeds 0 1 2 3 4
+    python benchmarks/pruning.py --quick                        # the suite's tiny run
+
+Each run is a real ``python -m sweeps.train`` sweep in a fresh folder: the tiny
+digits model, ``optim.lr`` log-uniform over 1e-4..1 (where many trials are
+hopeless, as in a real lr search), TPE with the given seed, one process. For
+each pruner it prints the epochs trained (the epochs every trial reported to the
+study, summed), wall seconds and the best validation accuracy per seed; then
+the pruners that reach the unpruned best (within ``--tolerance`` points on
+every seed) with at least 2x fewer epochs. Machine-readable lines start with
+``pruning``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = ["dataset=digits", "model.channels=[8,16]", "model.blocks=[1,1]", "model.stem_channels=8", "model.pool=4",
+         "model.head=[]", "trainer.progress=false", "tracking.log_model=false", "tracking.log_figures=false"]
+
+
+def epochs_trained(root: Path) -> int:
+    """Every epoch any trial trained, from MLflow: one val_acc point per epoch (the study holds
+    per-epoch values only when a pruner asks for them)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = [r for r in client.search_runs(ids, max_results=10000) if "sweeps.trial" in r.data.tags] if ids else []
+    return sum(len(client.get_metric_history(r.info.run_id, "val_acc")) for r in runs)
+
+
+def sweep(pruner: str, seed: int, trials: int, epochs: int, extra: list[str]) -> dict:
+    import optuna
+
+    with tempfile.TemporaryDirectory(prefix=f"pruning_{pruner}_{seed}_") as tmp:
+        args = ["--multirun", "hydra/sweeper=sweeps_optuna", f"hydra/sweeper/pruner={pruner}",
+                "hydra.sweeper.n_jobs=1", f"hydra.sweeper.n_trials={trials}", "hydra/sweeper/sampler=tpe",
+                f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.max_failure_rate=1.0",
+                "optim.lr=tag(log, interval(1e-4, 1.0))", f"trainer.epochs={epochs}", *MODEL, *extra]
+        env = {k: v for k, v in os.environ.items() if k not in ("SWEEPS_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=tmp, capture_output=True, text=True,
+                              timeout=7200, env=env)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{pruner} seed {seed}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        study = optuna.load_study(study_name="train", storage=f"sqlite:///{Path(tmp) / 'multirun' / 'optuna.db'}")
+        trials_ = study.get_trials(deepcopy=False)
+        return {"pruner": pruner, "seed": seed, "wall_s": round(wall, 1), "epochs": epochs_trained(Path(tmp)),
+                "pruned": sum(t.state.name == "PRUNED" for t in trials_),
+                "best": study.best_value}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pruners", nargs="+", default=["none", "median", "successive_halving", "hyperband"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy (default 0.5)")
+    ap.add_argument("--quick", action="store_true", help="2 pruners, 1 seed, 2 trials of 2 epochs, 3 batches each")
+    args = ap.parse_args()
+    extra: list[str] = []
+    if args.quick:
+        args.pruners, args.seeds, args.trials, args.epochs = ["none", "median"], [0], 2, 2
+        extra = ["trainer.limit_train_batches=3", "trainer.limit_eval_batches=2"]
+    results = {p: [] for p in args.pruners}
+    for seed in args.seeds:  # interleaved, so that the machine's load hits every pruner alike
+        for pruner in args.pruners:
+            r = sweep(pruner, seed, args.trials, args.epochs, extra)
+            results[pruner].append(r)
+            print(f"pruning {json.dumps(r)}", flush=True)
+    print(f"\n{args.trials} trials x up to {args.epochs} epochs, TPE seeds {args.seeds} ({os.cpu_count()} CPUs)")
+    print("| pruner | epochs trained | vs none | wall s | best val acc per seed | pruned trials |\n|---|---|---|---|---|---|")
+    base = {r["seed"]: r for r in results.get("none", [])}
+    base_epochs = sum(r["epochs"] for r in base.values())
+    for pruner, rs in results.items():
+        epochs = sum(r["epochs"] for r in rs)
+        ratio = f"{epochs / base_epochs:.2f}x" if base_epochs else "n/a"
+        bests = " / ".join(f"{100 * r['best']:.2f}" for r in rs)
+        print(f"| {pruner} | {epochs} | {ratio} | {sum(r['wall_s'] for r in rs):.0f} | {bests} | "
+              f"{sum(r['pruned'] for r in rs)} |")
+    if base:
+        good = [p for p, rs in results.items() if p != "none"
+                and all(100 * (base[r["seed"]]["best"] - r["best"]) <= args.tolerance for r in rs)
+                and 2 * sum(r["epochs"] for r in rs) <= base_epochs]
+        print(f"pruning {json.dumps({'recommended': good, 'tolerance_pp': args.tolerance})}")
+        print("recommended (same best within "
+              f"{args.tolerance} points on every seed, >= 2x fewer epochs): {', '.join(good) or 'none of them'}")
+        print(f"median best: " + ", ".join(f"{p} {100 * statistics.median(r['best'] for r in rs):.2f}"
+                                           for p, rs in results.items()))
+
+
+if __name__ == "__main__":
+    main()
