@@ -99,7 +99,7 @@ def main() -> None:
         print(f"pruning {json.dumps({'recommended': good, 'tolerance_pp': args.tolerance})}")
         print("recommended (same best within "
               f"{args.tolerance} points on every seed, >= 2x fewer epochs): {', '.join(good) or 'none of them'}")
-        print(f"median best: " + ", ".join(f"{p} {100 * statistics.median(r['best'] for r in rs):.2f}"
+        print("median best: " + ", ".join(f"{p} {100 * statistics.median(r['best'] for r in rs):.2f}"
                                            for p, rs in results.items()))
 
 

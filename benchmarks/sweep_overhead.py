@@ -139,7 +139,7 @@ def overhead(n: int, repeats: int, stock_python: str | None) -> None:
             for name, cmd_of in contenders(n, stock_python).items():
                 runs.setdefault(name, []).append(measure(cmd_of, Path(tmp) / f"{r}-{len(runs[name])}-{_slug(name)}"))
     print(f"\n{n} trials of the sphere task, medians of {repeats} (load {os.getloadavg()[0]:.1f})")
-    print(f"| contender | total wall s | CPU ms per trial | ms between trials |\n|---|---|---|---|")
+    print("| contender | total wall s | CPU ms per trial | ms between trials |\n|---|---|---|---|")
     for name, results in runs.items():
         med = {k: statistics.median(x[k] for x in results) for k in results[0]}
         assert all(x["trials"] == n for x in results), (name, [x["trials"] for x in results])
