@@ -69,10 +69,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--limit-train-batches", type=int, default=None,
+                    help="batches per epoch (default: the whole split), for a shorter run of the same comparison")
     ap.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy (default 0.5)")
     ap.add_argument("--quick", action="store_true", help="2 pruners, 1 seed, 2 trials of 2 epochs, 3 batches each")
     args = ap.parse_args()
-    extra: list[str] = []
+    extra: list[str] = [f"trainer.limit_train_batches={args.limit_train_batches}"] if args.limit_train_batches else []
     if args.quick:
         args.pruners, args.seeds, args.trials, args.epochs = ["none", "median"], [0], 2, 2
         extra = ["trainer.limit_train_batches=3", "trainer.limit_eval_batches=2"]
@@ -82,7 +84,9 @@ def main() -> None:
             r = sweep(pruner, seed, args.trials, args.epochs, extra)
             results[pruner].append(r)
             print(f"pruning {json.dumps(r)}", flush=True)
-    print(f"\n{args.trials} trials x up to {args.epochs} epochs, TPE seeds {args.seeds} ({os.cpu_count()} CPUs)")
+    print(f"\n{args.trials} trials x up to {args.epochs} epochs"
+          + (f" of {args.limit_train_batches} batches" if args.limit_train_batches else "")
+          + f", TPE seeds {args.seeds} ({os.cpu_count()} CPUs)")
     print("| pruner | epochs trained | vs none | wall s | best val acc per seed | pruned trials |\n|---|---|---|---|---|---|")
     base = {r["seed"]: r for r in results.get("none", [])}
     base_epochs = sum(r["epochs"] for r in base.values())

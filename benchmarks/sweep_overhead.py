@@ -118,9 +118,12 @@ def measure(cmd_of, workdir: Path) -> dict[str, float]:
     times = workdir / "times.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "SWEEPS_OPTUNA_STORAGE"}
     env.update({TIMES_ENV: str(times), "PYTHONUNBUFFERED": "1"})
+    cmd = cmd_of(workdir)
+    if cmd[0] != sys.executable:
+        env.pop("PYTHONPATH", None)  # another venv (the stock plugin's): none of ours on its path
     before = os.times()
     start = time.perf_counter()
-    proc = subprocess.run(cmd_of(workdir), cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
     after = os.times()
     if proc.returncode != 0:

@@ -66,6 +66,12 @@ def study(root: Path, name: str):
     return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{root / 'multirun' / 'optuna.db'}"))
 
 
+def runs_client(root: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
 def runs(root: Path, experiment: str):
     import mlflow
 
@@ -151,6 +157,18 @@ def test_sweep_runs_n_trials_with_workers_under_one_parent(tmp_path: Path):
     for t in trials:
         assert by_trial[t.number].info.run_name == f"lr={t.params['optim.lr']:.4g} #{t.number}", names
         assert "optim.lr=" in by_trial[t.number].data.tags["sweeps.overrides"]  # the report's full overrides
+    # the closing line links to a saved view of this sweep in the MLflow UI: its runs, best first
+    import json
+
+    exp = runs_client(tmp_path).get_experiment_by_name("six")
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{parents[0].info.run_id}"])
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+    assert state["orderByKey"] == "metrics.`best_val_acc`" and state["orderByAsc"] is False
+    assert {"metrics.`best_val_acc`", "params.`optim.lr`"} <= set(state["selectedColumns"]), state
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey="
+            f"{parents[0].info.run_id}") in r.stdout, r.stdout[-2000:]
     # one output dir per trial number, and the results file with the best trial
     sweep_dir = next((tmp_path / "multirun").glob("*/*/optimization_results.yaml")).parent
     assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == [str(i) for i in range(6)]

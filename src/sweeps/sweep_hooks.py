@@ -32,7 +32,8 @@ from sweeps_optuna.hooks import Outcome, SweepHooks, TrialLink
 from sweeps_optuna.storage import redact
 from sweeps import objectives
 from sweeps.config import NOT_EXPERIMENT, RUNTIME_ONLY
-from sweeps.tracking import client, config_params, experiment_id, log_params, named, tracking_uri, ui_link
+from sweeps.tracking import (client, config_params, experiment_id, log_params, named, save_sweep_view, tracking_uri,
+                             ui_link)
 
 log = logging.getLogger(__name__)
 PARENT_WAIT_S = 60  # how long a second process waits for the first to create the parent run
@@ -207,9 +208,25 @@ class SweepsHooks(SweepHooks):
             mlflow.set_terminated(parent, "FINISHED")
         objective = self.config.objective
         first = str(objective[0] if isinstance(objective, ListConfig) else objective)
-        link = ui_link(self.config, run.info.experiment_id, parent, first, objectives.maximize(first))
+        try:
+            key = save_sweep_view(mlflow, run.info.experiment_id, parent, run.info.run_name or parent, first,
+                                  objectives.maximize(first), self._view_columns(mlflow, run.info.experiment_id,
+                                                                                 parent, first))
+        except Exception as e:  # noqa: BLE001 - a view is a convenience; the runs are recorded
+            log.warning(f"could not save the sweep's view in the MLflow UI ({e})")
+            return
         local = not tracking_uri(self.config).startswith(("http://", "https://"))
-        log.info(f"MLflow UI{' (make ui)' if local else ''}: {link}")
+        log.info(f"MLflow UI{' (make ui)' if local else ''}: {ui_link(self.config, run.info.experiment_id, key)}")
+
+    def _view_columns(self, mlflow: Any, experiment_id: str, parent: str, objective: str) -> list[str]:
+        """The objective, test accuracy and size, then the params that differ between the sweep's runs."""
+        runs = mlflow.search_runs([experiment_id], max_results=1000,
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+        keys = sorted({k for r in runs for k in r.data.params})
+        differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1 and k != "n_params"]
+        metrics = list(dict.fromkeys([objective, "best_val_acc", "test_acc", "n_params"]))
+        return ([f"metrics.`{m}`" for m in metrics] + [f"params.`{k}`" for k in differ[:12]]
+                + [f"tags.`{c.TAG_STATE}`"])
 
     def _runs_of(self, link: TrialLink, trial: Any) -> list:
         """The trial's MLflow runs: by the id it holds, else by its parent run and trial tags."""

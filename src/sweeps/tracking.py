@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,11 +67,30 @@ def local_store_uri(mlruns: str | Path) -> str:
 UI_PORT = 5000  # `make ui`'s default
 
 
-def ui_link(cfg: DictConfig, experiment_id: str, parent_run_id: str, objective: str, maximize: bool) -> str:
-    """A link to one sweep's runs in the MLflow UI, best first: its parent run's children, sorted by
-    the objective. On an http(s) tracking server, that server (without credentials); on the
-    project's SQLite store, `make ui`'s address."""
-    from urllib.parse import quote, urlsplit
+# The UI's saved views: an experiment tag holding a view (filter, sort, columns) that a link
+# opens by its key (MLflow 3's "shared view", viewStateShareKey=<key>).
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def save_sweep_view(mlflow: Any, experiment_id: str, parent_run_id: str, name: str, objective: str,
+                    maximize: bool, columns: list[str]) -> str:
+    """Save one sweep's view in its experiment: its runs, best first, with ``columns`` (MLflow
+    column keys: metrics.`x`, params.`y`, tags.`z`) shown; its key (the parent run's id)."""
+    import json
+
+    state = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+             "orderByKey": f"metrics.`{objective}`", "orderByAsc": not maximize, "selectedColumns": columns}
+    now = int(time.time() * 1000)
+    mlflow.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + parent_run_id, json.dumps(
+        {"name": f"sweep {name}"[:100], "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
+    return parent_run_id
+
+
+def ui_link(cfg: DictConfig, experiment_id: str, view_key: str) -> str:
+    """A link to a saved view in the MLflow UI's classic (model training) mode. On an http(s)
+    tracking server, that server (without credentials); on the project's SQLite store, `make
+    ui`'s address."""
+    from urllib.parse import urlsplit
 
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
@@ -78,10 +98,7 @@ def ui_link(cfg: DictConfig, experiment_id: str, parent_run_id: str, objective: 
         base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")
     else:
         base = f"http://127.0.0.1:{UI_PORT}"
-    search = quote(f"tags.`mlflow.parentRunId` = '{parent_run_id}'", safe="")
-    order = quote(f"metrics.`{objective}`", safe="")
-    return (f"{base}/#/experiments/{experiment_id}?searchFilter={search}&orderByKey={order}"
-            f"&orderByAsc={'false' if maximize else 'true'}")
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view_key}"
 
 
 def artifact_location(cfg: DictConfig, experiment: str) -> str | None:

@@ -234,8 +234,12 @@ class SweepsOptunaSweeperImpl(Sweeper):
 
     def _work(self) -> int:
         study, n_trials = self.study, self.n_trials_total
+        announce = False
         while True:
             tally = ledger.Tally.of(study)
+            if announce:  # the trial just told, from the read the loop makes anyway
+                self._progress(tally.trials)
+                announce = False
             ledger.reap(study, tally, lambda t: is_stale(t, self.heartbeat_interval), self._outcome,
                         self._close_orphan)
             if len(tally.failures) > self.max_failure_rate * n_trials:
@@ -265,7 +269,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
                     if not self.is_worker:
                         print(f"Error: trial {trial.number}: {redact(self.runner.stop)}", file=sys.stderr, flush=True)
                     return 1
-                self._progress()
+                announce = True
             except (KeyboardInterrupt, *storage_errors()):
                 raise
             except Exception as e:  # noqa: BLE001 - a bug of the sweeper or the hooks: the trial must not stay RUNNING
@@ -273,10 +277,9 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 self._fail_unfinished(trial, f"the sweeper failed while running it: {type(e).__name__}: {e}")
             self.current = None
 
-    def _progress(self) -> None:
+    def _progress(self, trials: List[FrozenTrial]) -> None:
         """One line after each trial: the study's count, its best so far, and the time left at this
         sweep's pace (trials finished since it started, by any process, per second)."""
-        trials = self.study.get_trials(deepcopy=False)
         count, done = results.counts(trials), sum(is_counted(t) for t in trials)
         elapsed = time.perf_counter() - self.started
         pace = (done - self.done_at_start) / elapsed if elapsed > 0 else 0.0
