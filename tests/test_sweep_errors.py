@@ -39,6 +39,10 @@ CASES = {
                        "model.stem_channels searched here only; optim.lr searched there only)",
                        "its 1 trial(s) would be mixed", "hydra.sweeper.study_name=<new name>",
                        "hydra.sweeper.allow_study_changes=true"]),
+    "no-trials": ([GOOD_LR, "hydra.sweeper.n_trials=0"],
+                  ["hydra.sweeper.n_trials=0 must be a whole number >= 1", "hydra.sweeper.n_trials=20"]),
+    "negative-jobs": ([GOOD_LR, "hydra.sweeper.n_jobs=-1"],
+                      ["hydra.sweeper.n_jobs=-1 must be a whole number >= 1"]),
     "sweep-dir-under-a-file": ([GOOD_LR, "hydra.sweep.dir={root}/a_file/sweep"],
                                ["the sweep's output directory {root}/a_file/sweep (hydra.sweep.dir) cannot be "
                                 "created: {root}/a_file is a regular file", "point hydra.sweep.dir to"]),

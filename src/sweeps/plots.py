@@ -165,7 +165,7 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:red", markersize=8,
                 markerfacecolor="none", zorder=3, label="Pareto front (complete runs)")
         for i in front:
-            ax.annotate(str(done[i].get("label", ""))[:40], (xs[i], ys[i]), fontsize=7,
+            ax.annotate(_wrap(str(done[i].get("label", "")), 32), (xs[i], ys[i]), fontsize=6,
                         xytext=(4, 4), textcoords="offset points")
     if other:
         floor = (min(ys) - 0.05 * max(max(ys) - min(ys), 1.0)) if ys else 0.0
@@ -256,7 +256,7 @@ def overlaid_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]
     cmap = plt.get_cmap("tab10")
     for i, (label, metrics) in enumerate(curves.items()):
         colour = cmap(i % 10)
-        short = label if len(label) <= 45 else label[:42] + "..."
+        short = _wrap(label, 48)  # whole, on more lines: a cut label repeats the prefix all runs share
         acc = sorted(metrics.get("val_acc", []))
         ax_acc.plot([s for s, _ in acc], [100 * v for _, v in acc], "-o", markersize=3, color=colour, label=short)
         loss = sorted(metrics.get("val_loss", []))
