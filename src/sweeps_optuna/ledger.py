@@ -36,6 +36,8 @@ from .liveness import owner_text
 
 log = logging.getLogger(__name__)
 
+MAX_REASON = 2000  # characters of a reason kept in a trial's user attrs
+
 
 @dataclass
 class Tally:
@@ -68,14 +70,18 @@ def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: di
         for name, dist in fixed_distributions.items():
             trial._suggest(name, dist)  # what study.ask(fixed_distributions) does, after the owner is known
     except Exception as e:  # noqa: BLE001 - the sampler's own code
-        reason = f"the sampler {type(study.sampler).__name__} failed: {type(e).__name__}: {e}"
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason[:2000])
-        finally:
-            tell_state(study, trial, TrialState.FAIL)
-        log.warning(f"trial {trial.number} FAIL: {reason}")
+        fail(study, trial, f"the sampler {type(study.sampler).__name__} failed: {type(e).__name__}: {e}")
         return None
     return trial
+
+
+def fail(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
+    """FAIL with ``fail_reason``; told even when the reason cannot be written."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason[:MAX_REASON])
+    finally:
+        tell_state(study, trial, TrialState.FAIL)
+    log.warning(f"trial {trial.number} FAIL: {reason}")
 
 
 def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool:
@@ -142,7 +148,7 @@ def recover(study: optuna.Study, t: FrozenTrial, state: str, values: Optional[Li
     try:
         storage.set_trial_user_attr(t._trial_id, RECOVERED, True)
         if reason:
-            storage.set_trial_user_attr(t._trial_id, FAIL_REASON if state == FAIL else REASON, reason[:2000])
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON if state == FAIL else REASON, reason[:MAX_REASON])
         return bool(storage.set_trial_state_values(t._trial_id, TrialState[state], values))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False

@@ -27,9 +27,10 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, ListConfig
 from optuna.trial import TrialState
 
-from .contract import (FAIL, FAIL_REASON, INFEASIBLE, INFEASIBLE_STATE, INTERRUPTED_STATE, N_PARAMS, OVERRIDES,
+from .contract import (FAIL, INFEASIBLE, INFEASIBLE_STATE, INTERRUPTED_STATE, N_PARAMS, OVERRIDES,
                        REASON, RUN_ID, Infeasible, Interrupted, MachineFault, UserError)
 from .hooks import SweepHooks, TrialLink
+from .ledger import fail as ledger_fail
 from .ledger import interrupt, tell_state
 from .liveness import Heartbeat
 from .search_space import trial_name, trial_overrides
@@ -37,9 +38,6 @@ from .storage import STORAGE_ENV, has_secret, redact
 from .workers import quote
 
 log = logging.getLogger(__name__)
-
-MAX_REASON = 2000
-
 
 def safe_storage_reference(url: str) -> str:
     """The storage URL as a job receives it: with a password, through the environment.
@@ -199,11 +197,7 @@ class TrialRunner:
             log.warning(f"trial {trial.number}: could not close its run ({e})")
 
     def fail(self, trial: optuna.trial.Trial, reason: str) -> None:
-        try:
-            trial.set_user_attr(FAIL_REASON, reason[:MAX_REASON])
-        finally:
-            tell_state(self.study, trial, TrialState.FAIL)
-        log.warning(f"trial {trial.number} FAIL: {reason}")
+        ledger_fail(self.study, trial, reason)
 
     # ------------------------------------------------------------------ records through the hooks
 
