@@ -152,14 +152,20 @@ def open_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSampler
             "hydra.sweeper.storage=null for the SQLite study in multirun/optuna.db.") from None
     have = [d.name.lower() for d in study.directions]
     if have != directions:
-        raise StudyMismatch(f"Study '{name}' in {redact(str(storage_url))} optimizes {have}, but this sweep asks for "
-                        f"{directions}. Use another hydra.sweeper.study_name, or delete the study "
-                        f"(optuna delete-study --study-name {name} --storage {redact(str(storage_url))}).")
+        what = f"Study '{name}' in {redact(str(storage_url))} optimizes {have}, but this sweep asks for {directions}"
+        raise StudyMismatch(f"{what}. Use another hydra.sweeper.study_name, or delete the study (optuna delete-study "
+                            f"--study-name {name} --storage {redact(str(storage_url))}).", what)
     return study, False
 
 
 class StudyMismatch(UserError):
-    """The study under this name was made by another sweep (search space, fixed overrides or directions)."""
+    """The study under this name was made by another sweep (search space, fixed overrides or directions).
+
+    ``what``: that in one clause, for a sweep that goes on under a derived name instead of refusing."""
+
+    def __init__(self, message: str, what: str):
+        super().__init__(message)
+        self.what = what
 
 
 def open_own_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSampler,
@@ -178,7 +184,7 @@ def open_own_study(name: str, storage_url: Any, sampler: optuna.samplers.BaseSam
             if chosen:
                 raise
             if k == 1:
-                log.info(f"{e.args[0].split('; its ')[0]}. This sweep's study gets a name of its own (re-running "
+                log.info(f"{e.what}. This sweep's study gets a name of its own (re-running "
                          "this command finds it again); name it with hydra.sweeper.study_name to choose.")
             k += 1
             continue
@@ -208,9 +214,9 @@ def claim_or_check(study: optuna.Study, created: bool, mine: Dict[str, Dict[str,
                     f"{listed}.")
         return
     done = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
+    what = f"Study '{study.study_name}' in {redact(str(storage_url))} was made by another sweep ({listed})"
     raise StudyMismatch(
-        f"Study '{study.study_name}' in {redact(str(storage_url))} was made by another sweep ({listed}); its {done} "
-        "trial(s) would be mixed with this sweep's. Re-run that sweep's command to resume it; or give this sweep "
+        f"{what}; its {done} trial(s) would be mixed with this sweep's. Re-run that sweep's command to resume it; or give this sweep "
         "its own study with hydra.sweeper.study_name=<new name> (and tracking.experiment=<new name> for its own "
         "MLflow experiment); or continue the old study with these changes on purpose with "
-        "hydra.sweeper.allow_study_changes=true.")
+        "hydra.sweeper.allow_study_changes=true.", what)
