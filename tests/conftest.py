@@ -62,6 +62,17 @@ def mlflow_runs(root: Path, experiment: str | None = None):
     return client.search_runs(ids, run_view_type=mlflow.entities.ViewType.ALL, max_results=1000)
 
 
+@pytest.fixture(scope="module")
+def composer():
+    """``composer(overrides)``: the train config as ``python -m sweeps.train`` composes it, in-process."""
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        yield lambda overrides: compose("train", overrides=overrides)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """An empty project root: outputs, multirun, mlruns and data land here."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
 from sweeps.config import validate
@@ -13,12 +13,6 @@ from sweeps.paths import CONF_DIR
 
 GROUPS = ["dataset", "optim", "schedule", "augment", "trainer", "tracking", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
-
-
-@pytest.fixture(scope="module")
-def composer():
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        yield lambda overrides: compose("train", overrides=overrides)
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -118,6 +118,9 @@ def validate(cfg: DictConfig) -> None:
              f"{', '.join(KEEP_CHECKPOINTS)}: best keeps a finished run's best.pt, all keeps last.pt too, none keeps "
              "neither.")
     _warn_schedule(cfg, epochs)
+    from sweeps import replicates
+
+    replicates.check(cfg)
     objectives = cfg.objective if isinstance(cfg.objective, ListConfig) else [cfg.objective]
     for name in objectives:
         _require(name in OBJECTIVES, f"objective={name!r} is not a metric a run reports; use one of {list(OBJECTIVES)}.")

@@ -169,65 +169,82 @@ def _autocast(device: torch.device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def fit(
-    cfg: DictConfig,
-    model: nn.Module,
-    train_batches: Callable[[int], Iterable],
-    steps_per_epoch: int,
-    val_batches: Callable[[], Iterable],
-    device: torch.device,
-    on_epoch_end: Callable[[EpochMetrics, FitResult], None] | None = None,
-    checkpoint_dir: Path | None = None,
-    loader_generator: torch.Generator | None = None,
-    binding: str | None = None,
-) -> tuple[FitResult, dict]:
-    """Train for ``trainer.epochs``; returns the result and the best state dict.
+class Training:
+    """``trainer.epochs`` of one model, an epoch per :meth:`epoch` call.
 
-    With ``checkpoint_dir``, ``last.pt`` is written there after each epoch (tagged
-    with ``binding``, whose run it is) and, with ``trainer.resume``, resumed from.
+    A run steps one; replicates step several in turn, so that a pruner can judge
+    epoch e on every replicate's epoch e. With ``checkpoint_dir``, ``last.pt`` is
+    written there after each epoch (tagged with ``binding``, whose run it is) and,
+    with ``trainer.resume``, resumed from.
     """
-    t = cfg.trainer
-    amp_dtype = autocast_dtype(t.precision, device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
-    per_step = cfg.schedule.interval == "step"
-    monitor = cfg.schedule.get("monitor", "val_loss")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
-    check_every = 1 if device.type == "cpu" else 50
-    predict = tta_views(t)
 
-    result, best_state, start_epoch, since_best = FitResult(), None, 0, 0
-    last_path = checkpoint_dir / checkpoint.LAST if checkpoint_dir else None
-    ckpt = checkpoint.load(last_path, device, binding) if t.resume and last_path is not None else None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.restore_rng(ckpt, loader_generator)
-        result.history = [EpochMetrics(**m) for m in ckpt["history"]]
-        for key in ("best_epoch", "best_val_acc", "best_val_loss", "train_acc_at_best"):
-            setattr(result, key, ckpt[key])
-        best_state, since_best, start_epoch = ckpt["best_state"], ckpt["since_best"], len(result.history)
+    def __init__(self, cfg: DictConfig, model: nn.Module, train_batches: Callable[[int], Iterable],
+                 steps_per_epoch: int, val_batches: Callable[[], Iterable], device: torch.device,
+                 on_epoch_end: Callable[[EpochMetrics, FitResult], None] | None = None,
+                 checkpoint_dir: Path | None = None, loader_generator: torch.Generator | None = None,
+                 binding: str | None = None):
+        t = self.trainer = cfg.trainer
+        self.model, self.train_batches, self.steps_per_epoch = model, train_batches, steps_per_epoch
+        self.val_batches, self.device, self.on_epoch_end = val_batches, device, on_epoch_end
+        self.loader_generator, self.binding = loader_generator, binding
+        self.amp_dtype = autocast_dtype(t.precision, device)
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_scheduler(cfg, self.optimizer, steps_per_epoch)
+        self.per_step = cfg.schedule.interval == "step"
+        self.plateau_monitor = cfg.schedule.get("monitor", "val_loss")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
+        self.check_every = 1 if device.type == "cpu" else 50
+        self.predict = tta_views(t)
+        self.result, self.best_state, self.since_best, self.done = FitResult(), None, 0, False
+        self.last_path = checkpoint_dir / checkpoint.LAST if checkpoint_dir else None
+        ckpt = checkpoint.load(self.last_path, device, binding) if t.resume and self.last_path is not None else None
+        if ckpt is not None:
+            self._resume(ckpt)
+        self.done = self.result.epochs_run >= int(t.epochs) or self._patience_spent()
 
-    for epoch in range(start_epoch, int(t.epochs)):
+    def _resume(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.restore_rng(ckpt, self.loader_generator)
+        self.result.history = [EpochMetrics(**m) for m in ckpt["history"]]
+        for key in ("best_epoch", "best_val_acc", "best_val_loss", "train_acc_at_best", "stopped_early"):
+            if key in ckpt:
+                setattr(self.result, key, ckpt[key])
+        self.best_state, self.since_best = ckpt["best_state"], ckpt["since_best"]
+
+    def _patience_spent(self) -> bool:
+        patience = self.trainer.patience
+        return patience is not None and self.since_best >= int(patience)
+
+    def run(self) -> tuple[FitResult, dict]:
+        while not self.done:
+            self.epoch()
+        return self.result, self.best_state
+
+    def epoch(self) -> EpochMetrics:
+        """Train one epoch, validate, keep the best, checkpoint; ``done`` once training has ended."""
+        t, model, device, result = self.trainer, self.model, self.device, self.result
+        epoch = result.epochs_run
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        bar = tqdm(train_batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
+        bar = tqdm(self.train_batches(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
                    # None: off where stderr is no terminal (a log file, a worker's log), where
                    # its carriage returns would run into the epoch lines
                    disable=None if t.progress else True, leave=False, dynamic_ncols=True)
+        optimizer, scaler, scheduler = self.optimizer, self.scaler, self.scheduler
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, amp_dtype):
+            with _autocast(device, self.amp_dtype):
                 logits = model(x)
-                loss = criterion(logits.float(), y)
-            if step % check_every == 0 and not torch.isfinite(loss):
+                loss = self.criterion(logits.float(), y)
+            if step % self.check_every == 0 and not torch.isfinite(loss):
                 raise Diverged(f"diverged at epoch {epoch + 1} step {step + 1}: the training loss is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -236,7 +253,7 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), float(t.grad_clip))
             scaler.step(optimizer)
             scaler.update()
-            if scheduler is not None and per_step:
+            if scheduler is not None and self.per_step:
                 scheduler.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -244,11 +261,11 @@ def fit(
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
             raise Diverged(f"diverged at epoch {epoch + 1}: the mean training loss is {train_loss}")
-        val_loss, val_acc, _ = evaluate(model, val_batches(), device, amp_dtype, predict)
+        val_loss, val_acc, _ = evaluate(model, self.val_batches(), device, self.amp_dtype, self.predict)
         lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None and not per_step:
+        if scheduler is not None and not self.per_step:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_loss if monitor == "val_loss" else val_acc)
+                scheduler.step(val_loss if self.plateau_monitor == "val_loss" else val_acc)
             else:
                 scheduler.step()
         elapsed = time.perf_counter() - start
@@ -258,24 +275,28 @@ def fit(
         if improves(str(t.get("monitor", "val_acc")), val_acc, val_loss, result):
             result.best_epoch, result.best_val_acc, result.best_val_loss = epoch + 1, val_acc, val_loss
             result.train_acc_at_best = metrics.train_acc
-            best_state = copy.deepcopy(model.state_dict())
-            since_best = 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.since_best = 0
         else:
-            since_best += 1
-        if last_path is not None:
-            checkpoint.save(last_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None, "scaler": scaler.state_dict(),
-                **checkpoint.rng_states(loader_generator), "history": [vars(m) for m in result.history],
-                "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc,
-                "best_val_loss": result.best_val_loss, "train_acc_at_best": result.train_acc_at_best,
-                "best_state": best_state, "since_best": since_best}, binding)
-        if on_epoch_end is not None:
-            on_epoch_end(metrics, result)
-        if t.patience is not None and since_best >= int(t.patience):
-            result.stopped_early = True
-            break
-    return result, best_state
+            self.since_best += 1
+        result.stopped_early = self._patience_spent() and result.epochs_run < int(t.epochs)
+        self.done = result.epochs_run >= int(t.epochs) or self._patience_spent()
+        if self.last_path is not None:
+            self._checkpoint()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(metrics, result)
+        return metrics
+
+    def _checkpoint(self) -> None:
+        result = self.result
+        checkpoint.save(self.last_path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(), **checkpoint.rng_states(self.loader_generator),
+            "history": [vars(m) for m in result.history], "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val_acc, "best_val_loss": result.best_val_loss,
+            "train_acc_at_best": result.train_acc_at_best, "stopped_early": result.stopped_early,
+            "best_state": self.best_state, "since_best": self.since_best}, self.binding)
 
 
 def improves(monitor: str, val_acc: float, val_loss: float, best: FitResult) -> bool:

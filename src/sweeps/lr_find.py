@@ -47,6 +47,10 @@ def lr_range_test(overrides: list[str], start_lr: float, end_lr: float, iters: i
 
     HydraConfig.instance().set_config(cfg)
     validate(cfg)
+    if int(cfg.replicates) != 1 or cfg.get("replicate_seeds") is not None:
+        raise ConfigError(f"replicates={cfg.replicates} (replicate_seeds={cfg.get('replicate_seeds')}): the learning-rate "
+                          "range test runs one seed and picks no result to aggregate; drop replicates (and "
+                          "replicate_seeds), or run it with seed=<n> once per seed you want to see.")
     check_budget(model_size(cfg), cfg)
     torch.manual_seed(int(cfg.seed))
     device = select_device(str(cfg.trainer.device))

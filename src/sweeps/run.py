@@ -10,6 +10,9 @@ Three steps:
 2. :func:`fit_and_test`: data, model, training with per-epoch validation (and
    pruning, in a sweep), test with the best checkpoint;
 3. :func:`finalize`: final metrics, the best checkpoint and figures, in the run.
+
+With ``replicates=K`` step 2 and 3 happen once per seed, in step
+(:mod:`sweeps.lockstep`), and the run holds the replicates' aggregates.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeps import checkpoint, run_dir
 from sweeps.data import load_splits
-from sweeps.data.pipeline import build_pipeline, select_pipeline
-from sweeps.engine import FitResult, autocast_dtype, evaluate, fit, prepare_model, select_device, tta_views
+from sweeps.data.pipeline import Pipeline, build_pipeline, select_pipeline
+from sweeps.engine import FitResult, Training, autocast_dtype, evaluate, prepare_model, select_device, tta_views
 from sweeps.errors import OutOfMemory
 from sweeps.models import build_model, check_budget, model_size
 from sweeps.preflight import check_job, disk_full_is_one_paragraph
 from sweeps.tracking import RunRecorder, log_config_artifacts, overrides_run_name
 from sweeps.trial_link import TrialLink
-from sweeps_optuna.contract import COMPLETE, TAG_OVERRIDES, TAG_STATE, TAG_STUDY, TAG_TRIAL
+from sweeps import replicates
+from sweeps_optuna.contract import COMPLETE, MAX_TAG, TAG_OVERRIDES, TAG_REPLICATES, TAG_STATE, TAG_STUDY, TAG_TRIAL
 
 log = logging.getLogger("sweeps.train")
 
@@ -63,6 +67,8 @@ class Plan:
     tags: dict[str, str] = field(default_factory=dict)
     resume_id: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    seeds: list[int] = field(default_factory=list)
+    replicas: list[Any] = field(default_factory=list)  # lockstep.Replica of each seed, when there are several
 
 
 @dataclass
@@ -75,9 +81,19 @@ class Tested:
     test_labels: Any
 
 
+@dataclass
+class Fitting:
+    """One model in training, and what testing it needs."""
+
+    cfg: DictConfig
+    training: Training
+    pipe: Pipeline
+    labels: Any
+
+
 def prepare(cfg: DictConfig) -> Plan:
     n_params = model_size(cfg)
-    check_budget(n_params, cfg)
+    check_budget(n_params, cfg)  # once per config, before any replicate starts
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     # Before the MLflow run opens: a full disk or an unwritable store ends here, in one paragraph.
@@ -91,13 +107,24 @@ def prepare(cfg: DictConfig) -> Plan:
     resume_id = run_dir.resume_run_id(out_dir, ident) if cfg.trainer.resume else None
     overrides = overrides_run_name(list(hc.overrides.task))
     if cfg.tracking.get("run_name"):
-        tags[TAG_OVERRIDES] = overrides[:5000]  # the report reads a run's overrides here
-    return Plan(cfg, n_params, out_dir, device, select_pipeline(cfg, device),
-                cfg.tracking.get("run_name") or overrides, ident, tags, resume_id)
+        tags[TAG_OVERRIDES] = overrides[:MAX_TAG]  # the report reads a run's overrides here
+    seeds = replicates.seeds(cfg)
+    if len(seeds) > 1:
+        tags[TAG_REPLICATES] = str(len(seeds))
+    plan = Plan(cfg, n_params, out_dir, device, select_pipeline(cfg, device),
+                cfg.tracking.get("run_name") or overrides, ident, tags, resume_id, seeds=seeds)
+    if len(seeds) > 1:
+        from sweeps import lockstep
+
+        plan.replicas = lockstep.plan_replicas(plan)  # each replicate's directory is checked as the run's is
+    return plan
 
 
-def fit_and_test(plan: Plan, rec: RunRecorder, link: TrialLink | None, splits: Any) -> Tested:
-    cfg, device, t = plan.cfg, plan.device, plan.cfg.trainer
+def start_fitting(plan: Plan, cfg: DictConfig, out_dir: Path, identity: dict[str, Any], rec: RunRecorder,
+                  splits: Any, label: str = "") -> Fitting:
+    """Model, data pipeline and optimizer of ``cfg`` (its seed sets the weights and the data
+    order), resumed from ``out_dir`` with ``trainer.resume``; each epoch goes to ``rec``."""
+    device, t = plan.device, cfg.trainer
     torch.manual_seed(int(cfg.seed))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -112,51 +139,76 @@ def fit_and_test(plan: Plan, rec: RunRecorder, link: TrialLink | None, splits: A
                 break
             yield batch
 
-    prune = link.pruning_callback(cfg.objective) if link is not None else None
-
-    def on_epoch_end(m, result):
+    def on_epoch_end(m, _result):
         rec.log_metrics({k: v for k, v in vars(m).items() if k != "epoch"}, step=m.epoch)
-        log.info(f"epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_acc:.4f} | "
+        log.info(f"{label}epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_acc:.4f} | "
                  f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f} | lr {m.lr:.3g} | {m.epoch_time:.1f}s")
-        if prune is not None:
-            prune(m, result)
 
-    amp = autocast_dtype(str(t.precision), device)
-    out_of_memory = False
+    training = Training(cfg, model, train_batches, steps, pipe.val_batches, device, on_epoch_end,
+                        checkpoint_dir=out_dir, loader_generator=pipe.generator,
+                        binding=run_dir.fingerprint(identity))
+    return Fitting(cfg, training, pipe, splits.test.labels)
+
+
+def test_fitting(plan: Plan, fitting: Fitting) -> Tested:
+    """The best epoch's weights on the test split."""
+    training, t = fitting.training, fitting.cfg.trainer
+    training.model.load_state_dict(training.best_state)
+    test_loss, test_acc, test_preds = evaluate(training.model, fitting.pipe.test_batches(), plan.device,
+                                               autocast_dtype(str(t.precision), plan.device), tta_views(t),
+                                               keep_preds=True)
+    return Tested(training.result, training.best_state, test_loss, test_acc, test_preds, fitting.labels)
+
+
+def guard_memory(plan: Plan, work):
+    """``work()``, with out of memory turned into one paragraph that names the fix.
+
+    The paragraph is raised outside the except block, once every reference to device
+    memory in ``work``'s frames has gone: in a sweep the exception outlives this
+    frame, and the next trial needs the memory.
+    """
     try:
-        result, best_state = fit(cfg, model, train_batches, steps, pipe.val_batches, device, on_epoch_end,
-                                 checkpoint_dir=plan.out_dir, loader_generator=pipe.generator,
-                                 binding=run_dir.fingerprint(plan.identity))
-        model.load_state_dict(best_state)
-        test_loss, test_acc, test_preds = evaluate(model, pipe.test_batches(), device, amp, tta_views(t),
-                                                   keep_preds=True)
+        return work()
     except RuntimeError as e:  # torch.OutOfMemoryError is one
         if not is_out_of_memory(e):
             raise
-        out_of_memory = True  # handled below, outside the except block, so its frames can be freed
-    if out_of_memory:
-        # Drop every reference to device memory before raising: in a sweep the
-        # exception outlives this frame, and the next trial needs the memory.
-        model = pipe = loader = splits = None
-        gc.collect()
-        torch.cuda.empty_cache()
-        raise _out_of_memory(plan, amp)
-    return Tested(result, best_state, test_loss, test_acc, test_preds, splits.test.labels)
+    gc.collect()
+    torch.cuda.empty_cache()
+    raise _out_of_memory(plan, autocast_dtype(str(plan.cfg.trainer.precision), plan.device))
+
+
+def fit_and_test(plan: Plan, rec: RunRecorder, link: TrialLink | None, splits: Any) -> Tested:
+    def work() -> Tested:
+        fitting = start_fitting(plan, plan.cfg, plan.out_dir, plan.identity, rec, splits)
+        prune = link.pruning_callback(plan.cfg.objective) if link is not None else None
+        training = fitting.training
+        while not training.done:
+            metrics = training.epoch()
+            if prune is not None:
+                prune(metrics, training.result)
+        return test_fitting(plan, fitting)
+
+    return guard_memory(plan, work)
 
 
 def _out_of_memory(plan: Plan, amp: torch.dtype | None) -> OutOfMemory:
     t = plan.cfg.trainer
     name = OmegaConf.select(HydraConfig.get(), "runtime.choices.model", default=None) or plan.cfg.model.get("_target_")
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
+    replicas = f", {len(plan.seeds)} replicates in step" if len(plan.seeds) > 1 else ""
     return OutOfMemory(
         f"out of {plan.device.type.upper()} memory training model={name} ({plan.n_params:,} parameters) at "
-        f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, {precision}); "
+        f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, {precision}{replicas}); "
         "lower trainer.batch_size (or trainer.eval_batch_size if it failed while evaluating), "
-        "or use trainer.precision=bf16 on a GPU that supports it.")
+        "or use trainer.precision=bf16 on a GPU that supports it"
+        + (", or train fewer replicates at once (lower replicates)." if replicas else "."))
 
 
-def finalize(plan: Plan, rec: RunRecorder, tested: Tested) -> dict[str, float]:
-    cfg, result = plan.cfg, tested.result
+def finalize(plan: Plan, rec: RunRecorder, tested: Tested, cfg: DictConfig | None = None,
+             out_dir: Path | None = None, run_name: str | None = None, started: float | None = None) -> dict[str, float]:
+    """The run's final metrics, best checkpoint and figures (a replicate's, given its own
+    ``cfg``, ``out_dir`` and ``run_name``)."""
+    cfg, out_dir, result = cfg or plan.cfg, out_dir or plan.out_dir, tested.result
     final = {
         "best_val_acc": result.best_val_acc,
         "best_val_loss": result.best_val_loss,
@@ -166,11 +218,11 @@ def finalize(plan: Plan, rec: RunRecorder, tested: Tested) -> dict[str, float]:
         "n_params": float(plan.n_params),
         "epochs_run": float(result.epochs_run),
         "best_epoch": float(result.best_epoch),
-        "wall_time_s": time.perf_counter() - plan.started,
+        "wall_time_s": time.perf_counter() - (started or plan.started),
     }
     rec.log_metrics(final)
     rec.set_tags({TAG_STATE: COMPLETE})
-    best_path = plan.out_dir / checkpoint.BEST
+    best_path = out_dir / checkpoint.BEST
     torch.save(tested.best_state, best_path)
     if cfg.tracking.get("log_model"):
         rec.log_artifacts(best_path, "checkpoints")
@@ -178,7 +230,7 @@ def finalize(plan: Plan, rec: RunRecorder, tested: Tested) -> dict[str, float]:
         from sweeps.plots import run_figures
 
         rec.log_artifacts(run_figures(result.history, tested.test_labels, tested.test_preds,
-                                      int(cfg.dataset.num_classes), plan.out_dir / "figures", plan.run_name,
+                                      int(cfg.dataset.num_classes), out_dir / "figures", run_name or plan.run_name,
                                       class_names=cfg.dataset.get("classes")), "figures")
     return final
 
@@ -188,6 +240,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Before the run opens: data that cannot be had (CIFAR offline, a damaged cache) records nothing.
     splits = load_splits(cfg.dataset)
     link = TrialLink.open(cfg)
+    keep = str(cfg.trainer.get("keep_checkpoints", "best"))
     with RunRecorder(cfg, plan.run_name, plan.tags, resume_run_id=plan.resume_id) as rec, \
             disk_full_is_one_paragraph(cfg, plan.out_dir):
         if link is not None:
@@ -196,21 +249,40 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if plan.resume_id is None:
             rec.log_params({"n_params": plan.n_params})
             log_config_artifacts(rec, plan.out_dir)
-        try:
-            final = finalize(plan, rec, fit_and_test(plan, rec, link, splits))
-        except Exception:  # pruned, diverged, failed: it will not resume (an interrupted run does, and keeps)
-            checkpoint.retain(plan.out_dir, str(cfg.trainer.get("keep_checkpoints", "best")), finished=False)
-            raise
-        checkpoint.retain(plan.out_dir, str(cfg.trainer.get("keep_checkpoints", "best")), finished=True)
-    epochs = int(final["epochs_run"])
-    log.info(
-        f"done: {plan.n_params:,} params | {epochs} epoch{'s' if epochs != 1 else ''} (best {int(final['best_epoch'])}) | "
-        f"best val acc {final['best_val_acc']:.4f} | test acc {final['test_acc']:.4f} | "
-        f"{final['wall_time_s']:.1f}s" + (f" | MLflow run {rec.run_id}" if rec.run_id else ""))
+        if plan.replicas:
+            from sweeps import lockstep
+
+            final = lockstep.train(plan, rec, link, splits)
+        else:
+            try:
+                final = finalize(plan, rec, fit_and_test(plan, rec, link, splits))
+            except Exception:  # pruned, diverged, failed: it will not resume (an interrupted run does, and keeps)
+                checkpoint.retain(plan.out_dir, keep, finished=False)
+                raise
+            checkpoint.retain(plan.out_dir, keep, finished=True)
+    log.info(done_line(plan, final, rec.run_id))
     return final
 
 
+def done_line(plan: Plan, final: dict[str, float], run_id: str | None) -> str:
+    epochs = int(round(final["epochs_run"]))
+
+    def shown(name: str) -> str:
+        if f"{name}_std" not in final:
+            return f"{final[name]:.4f}"
+        return f"{final[name]:.4f} ± {final[name + '_std']:.4f} (n={int(final[name + '_n'])})"
+
+    head = f"done: {plan.n_params:,} params | "
+    if len(plan.seeds) > 1:
+        head += f"{len(plan.seeds)} replicates (seeds {', '.join(map(str, plan.seeds))}) | "
+    return (head + f"{epochs} epoch{'s' if epochs != 1 else ''} (best {int(round(final['best_epoch']))}) | "
+            f"best val acc {shown('best_val_acc')} | test acc {shown('test_acc')} | "
+            f"{final['wall_time_s']:.1f}s" + (f" | MLflow run {run_id}" if run_id else ""))
+
+
 def objective_value(cfg: DictConfig, final: dict[str, float]) -> float | list[float]:
-    if isinstance(cfg.objective, ListConfig):
-        return [float(final[name]) for name in cfg.objective]
-    return float(final[str(cfg.objective)])
+    """What the sweeper sees: the objective's metric, over replicates its ``replicate_aggregate``."""
+    how = str(cfg.get("replicate_aggregate", "mean"))
+    names = list(cfg.objective) if isinstance(cfg.objective, ListConfig) else [str(cfg.objective)]
+    values = [float(final.get(replicates.objective_key(n, how), final[n])) for n in names]
+    return values if isinstance(cfg.objective, ListConfig) else values[0]

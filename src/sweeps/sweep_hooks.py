@@ -31,6 +31,7 @@ from sweeps_optuna import contract as c
 from sweeps_optuna.hooks import Outcome, SweepHooks, TrialLink
 from sweeps_optuna.storage import redact
 from sweeps import objectives
+from sweeps.replicates import objective_key
 from sweeps.config import NOT_EXPERIMENT, RUNTIME_ONLY
 from sweeps.tracking import (client, config_params, experiment_id, log_params, named, save_sweep_view, tracking_uri,
                              ui_link)
@@ -128,7 +129,7 @@ class SweepsHooks(SweepHooks):
             mlflow.set_tag(run.info.run_id, c.TAG_STATE, state)
             reason = trial.user_attrs.get(c.FAIL_REASON) or trial.user_attrs.get(c.REASON)
             if reason:
-                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(str(reason))[:5000])
+                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(str(reason))[:c.MAX_TAG])
             mlflow.set_terminated(run.info.run_id, c.STATUS_OF_STATE[state])
             log.warning(f"MLflow run {run.info.run_id} of trial {trial.number} was left RUNNING; closed as {state}")
 
@@ -150,11 +151,11 @@ class SweepsHooks(SweepHooks):
         cfg = cfg if cfg is not None else self.config  # best effort: the sweep's own config
         mlflow = client(cfg)
         tags = {c.TAG_STUDY: link.study_name, c.TAG_TRIAL: str(link.number), c.TAG_STATE: state,
-                c.TAG_REASON: redact(reason)[:5000]}
+                c.TAG_REASON: redact(reason)[:c.MAX_TAG]}
         if link.parent_run_id:
             tags["mlflow.parentRunId"] = link.parent_run_id
         if link.run_name:
-            tags[c.TAG_OVERRIDES] = run_name[:5000]
+            tags[c.TAG_OVERRIDES] = run_name[:c.MAX_TAG]
         run_name, tags = named(link.run_name or run_name, tags)
         run_id = mlflow.create_run(experiment_id(cfg), run_name=run_name, tags=tags).info.run_id
         try:
@@ -176,7 +177,9 @@ class SweepsHooks(SweepHooks):
             status, state = run.info.status, run.data.tags.get(c.TAG_STATE)
             reason = run.data.tags.get(c.TAG_REASON, "")
             if status == "FINISHED" and state == c.COMPLETE:
-                names = objective_names(self.config)
+                # over replicates, the aggregate the run's own config chose
+                how = run.data.params.get("replicate_aggregate", "mean")
+                names = [objective_key(n, how) for n in objective_names(self.config)]
                 if names and all(n in run.data.metrics for n in names):
                     return Outcome(c.COMPLETE, [float(run.data.metrics[n]) for n in names])
             elif status == "FINISHED" and state == c.PRUNED:
@@ -191,10 +194,15 @@ class SweepsHooks(SweepHooks):
             return
         mlflow = client(self.config)
         for run in self._runs_of(link, trial):
-            if run.info.status == "RUNNING":
-                mlflow.set_tag(run.info.run_id, c.TAG_STATE, state)
-                mlflow.set_tag(run.info.run_id, c.TAG_REASON, redact(reason)[:5000])
-                mlflow.set_terminated(run.info.run_id, c.STATUS_OF_STATE[state])
+            if run.info.status != "RUNNING":
+                continue
+            # its replicates' runs (replicates=K) died with it
+            replicas = mlflow.search_runs([run.info.experiment_id], filter_string=(
+                f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and attributes.status = 'RUNNING'"))
+            for r in [*replicas, run]:
+                mlflow.set_tag(r.info.run_id, c.TAG_STATE, state)
+                mlflow.set_tag(r.info.run_id, c.TAG_REASON, redact(reason)[:c.MAX_TAG])
+                mlflow.set_terminated(r.info.run_id, c.STATUS_OF_STATE[state])
 
     def close_sweep(self, results: dict) -> None:
         parent = getattr(self, "parent_run_id", None)
@@ -225,6 +233,8 @@ class SweepsHooks(SweepHooks):
         keys = sorted({k for r in runs for k in r.data.params})
         differ = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1 and k != "n_params"]
         metrics = list(dict.fromkeys([objective, "best_val_acc", "test_acc", "n_params"]))
+        if any("best_val_acc_std" in r.data.metrics for r in runs):  # replicates: their spread beside the means
+            metrics[1:1] = ["best_val_acc_std", "test_acc_std", "best_val_acc_n"]
         return ([f"metrics.`{m}`" for m in metrics] + [f"params.`{k}`" for k in differ[:12]]
                 + [f"tags.`{c.TAG_STATE}`"])
 

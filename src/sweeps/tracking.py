@@ -45,7 +45,7 @@ def named(run_name: str, tags: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return run_name, tags
     head = run_name[:MAX_RUN_NAME - 4]
     head = head[:head.rfind(",")] if "," in head else head
-    return head + ",...", {**tags, c.TAG_OVERRIDES: run_name[:5000]}
+    return head + ",...", {**tags, c.TAG_OVERRIDES: run_name[:c.MAX_TAG]}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -224,15 +224,23 @@ def config_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 class RunRecorder:
-    """One MLflow run around a training; a no-op when tracking is disabled."""
+    """One MLflow run around a training; a no-op when tracking is disabled.
+
+    With ``parent_run_id`` it is a replicate's run, a child of its config's run: several
+    are open at once in one process, so everything goes through the client by run id,
+    never through MLflow's one active run.
+    """
 
     def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str] | None = None,
-                 resume_run_id: str | None = None):
+                 resume_run_id: str | None = None, parent_run_id: str | None = None):
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags or {})
         self.enabled = bool(cfg.tracking.enabled)
+        self.child = parent_run_id is not None
+        self.parent_run_id = parent_run_id
         # A resumed training (trainer.resume) reopens its KILLED run, so that
         # its history stays in one place.
         self.run_id: str | None = resume_run_id
+        self._client = None
 
     def __enter__(self) -> RunRecorder:
         if not self.enabled:
@@ -240,78 +248,86 @@ class RunRecorder:
         import mlflow
 
         exp = experiment_id(self.cfg)
+        self._client = mlflow.MlflowClient()
         if self.run_id is not None:
-            run = mlflow.start_run(run_id=self.run_id,
-                                   log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
-            if c.TAG_REASON in run.data.tags:  # why it stopped last time: no longer true once it goes on
-                mlflow.MlflowClient().delete_tag(self.run_id, c.TAG_REASON)
-            mlflow.set_tags(_tags(self.tags))
+            if self.child:
+                self._client.update_run(self.run_id, status="RUNNING")
+                tags = self._client.get_run(self.run_id).data.tags
+            else:
+                tags = mlflow.start_run(run_id=self.run_id, log_system_metrics=bool(
+                    self.cfg.tracking.get("system_metrics", False))).data.tags
+            if c.TAG_REASON in tags:  # why it stopped last time: no longer true once it goes on
+                self._client.delete_tag(self.run_id, c.TAG_REASON)
+            self.set_tags(self.tags)
             return self
-        parent = self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None
+        parent = self.parent_run_id or (self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None)
         name, tags = named(self.run_name, self.tags)
-        run = mlflow.start_run(
-            experiment_id=exp,
-            run_name=name,
-            tags=_tags(tags),
-            parent_run_id=parent or None,
-            log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)),
-        )
+        if self.child:
+            run = self._client.create_run(exp, run_name=name, tags=_tags({**tags, "mlflow.parentRunId": parent}))
+        else:
+            run = mlflow.start_run(experiment_id=exp, run_name=name, tags=_tags(tags), parent_run_id=parent or None,
+                                   log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
         self.run_id = run.info.run_id
-        mlflow.log_params({k: _param(v) for k, v in config_params(self.cfg).items()})
+        self.log_params(config_params(self.cfg))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if not self.enabled:
+        if not self.enabled or self._client is None:
             return False
-        import mlflow
-
         if exc_type is None:
-            mlflow.set_tag(c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
-            mlflow.end_run("FINISHED")
+            self._client.set_tag(self.run_id, c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
+            self._end("FINISHED")
             return False
         state = state_of(exc)
         # Best effort: when the store fails too (its disk is full), the run's own error is what matters
         # (MLflow's store would log its traceback), and the next sweep of the study closes what is left open.
         with _quiet("mlflow.store.db.utils"):
             try:
-                mlflow.set_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:5000]})
+                self.set_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:c.MAX_TAG]})
                 if state == c.FAIL:
-                    mlflow.log_text(redact("".join(traceback.format_exception(exc_type, exc, tb))), "traceback.txt")
+                    self._client.log_text(self.run_id, redact("".join(traceback.format_exception(exc_type, exc, tb))),
+                                          "traceback.txt")
             except Exception as e:  # noqa: BLE001
                 log.warning(f"could not record why MLflow run {self.run_id} ended ({type(e).__name__})")
             try:
-                mlflow.end_run(c.STATUS_OF_STATE[state])
+                self._end(c.STATUS_OF_STATE[state])
             except Exception as e:  # noqa: BLE001
                 log.warning(f"could not close MLflow run {self.run_id} ({type(e).__name__})")
         return False
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        if self.enabled:
+    def _end(self, status: str) -> None:
+        if self.child:
+            self._client.set_terminated(self.run_id, status)
+        else:
             import mlflow
 
-            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.end_run(status)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            log_params(self._client, self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.enabled:
-            import mlflow
+            from mlflow.entities import Metric
 
-            mlflow.log_metrics(metrics, step=step)
+            now = int(time.time() * 1000)
+            self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0)
+                                                         for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if self.enabled:
-            import mlflow
+        if self.enabled and tags:
+            from mlflow.entities import RunTag
 
-            mlflow.set_tags(_tags(tags))
+            self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _tags(tags).items()])
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():
-            import mlflow
-
             with without_secrets(path) as clean:
                 if clean.is_dir():
-                    mlflow.log_artifacts(str(clean), artifact_path)
+                    self._client.log_artifacts(self.run_id, str(clean), artifact_path)
                 else:
-                    mlflow.log_artifact(str(clean), artifact_path)
+                    self._client.log_artifact(self.run_id, str(clean), artifact_path)
 
 
 @contextmanager

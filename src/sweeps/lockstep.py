@@ -1,0 +1,195 @@
+"""The K replicates of one config, trained epoch by epoch together in one process.
+
+In step, so that a pruner judges epoch e on the mean of every replicate's epoch
+e, and a pruned config stops all of its replicates at once. Each replicate is
+still a run of its own: its seed sets its weights and data order, and it keeps
+its own stream of random numbers (swapped in around each of its epochs), so
+replicate i trains exactly as ``seed=<its seed>`` would alone. Each has its own
+directory (``replicate_<i>/``: ``last.pt``, ``best.pt``, ``job.json``) and MLflow
+run, a child of the config's run. A replicate that has finished writes
+``final.json`` there: a resumed config (``trainer.resume=true``) never trains
+it again and resumes the others from their ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sweeps import checkpoint, replicates, run_dir
+from sweeps.engine import EpochMetrics
+from sweeps.run import Fitting, Plan, finalize, guard_memory, start_fitting, test_fitting
+from sweeps.tracking import RunRecorder
+from sweeps.trial_link import TrialLink
+from sweeps_optuna.contract import TAG_REPLICATE, TAG_REPLICATE_OF, TAG_REPLICATE_SEED, TAG_REPLICATES
+
+log = logging.getLogger("sweeps.train")
+
+FINAL = "final.json"
+
+
+@dataclass
+class Replica:
+    """One seed of the config: where it lives, and what it has done so far."""
+
+    index: int
+    seed: int
+    cfg: DictConfig
+    out_dir: Path
+    identity: dict[str, Any]
+    resume_id: str | None = None
+    final: dict[str, float] | None = None  # its final metrics, once it has finished
+    run_id: str | None = None
+    rec: RunRecorder | None = None
+    fitting: Fitting | None = None
+    rng: dict[str, Any] = field(default_factory=dict)
+    history: list[EpochMetrics] = field(default_factory=list)  # this process's epochs, kept after it finished
+    trained_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"seed {self.seed}: "
+
+    @property
+    def binding(self) -> str:
+        return run_dir.fingerprint(self.identity)
+
+
+def plan_replicas(plan: Plan) -> list[Replica]:
+    """Each replicate's config and directory; with ``trainer.resume``, what it has done
+    (before anything is recorded: a directory of another run's is refused here)."""
+    out = []
+    for i, seed in enumerate(plan.seeds):
+        cfg = replicates.with_seed(plan.cfg, seed)
+        ident = run_dir.identity(cfg)
+        replica = Replica(i, seed, cfg, plan.out_dir / f"replicate_{i}", ident)
+        if plan.cfg.trainer.resume:
+            replica.resume_id = run_dir.resume_run_id(replica.out_dir, ident)
+            done = _finished(replica)
+            if done is not None:
+                replica.final, replica.run_id = done["metrics"], done.get("run_id")
+        out.append(replica)
+    return out
+
+
+def _finished(replica: Replica) -> dict[str, Any] | None:
+    path = replica.out_dir / FINAL
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return done if done.get("binding") == replica.binding else None
+
+
+def _open(plan: Plan, parent: RunRecorder, replica: Replica, splits: Any) -> None:
+    replica.out_dir.mkdir(parents=True, exist_ok=True)
+    tags = {k: v for k, v in plan.tags.items() if k != TAG_REPLICATES}
+    tags.update({TAG_REPLICATE: str(replica.index), TAG_REPLICATE_SEED: str(replica.seed)})
+    if parent.run_id:
+        tags[TAG_REPLICATE_OF] = parent.run_id
+    replica.rec = RunRecorder(replica.cfg, f"{plan.run_name} seed {replica.seed}", tags,
+                              resume_run_id=replica.resume_id, parent_run_id=parent.run_id or "").__enter__()
+    replica.run_id = replica.rec.run_id
+    run_dir.write(replica.out_dir, replica.identity, replica.run_id)
+    if replica.resume_id is None:
+        replica.rec.log_params({"n_params": plan.n_params})
+    started = time.perf_counter()
+    replica.fitting = start_fitting(plan, replica.cfg, replica.out_dir, replica.identity, replica.rec, splits,
+                                    label=replica.label)
+    replica.rng = _rng_state(plan.device)
+    replica.history = replica.fitting.training.result.history
+    replica.trained_s += time.perf_counter() - started
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(device: torch.device, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _epoch(plan: Plan, replica: Replica) -> None:
+    started = time.perf_counter()
+    _set_rng_state(plan.device, replica.rng)
+    replica.fitting.training.epoch()
+    replica.rng = _rng_state(plan.device)
+    replica.trained_s += time.perf_counter() - started
+
+
+def _finish(plan: Plan, replica: Replica, keep: str) -> None:
+    """Test, record and close one replicate whose training has ended; then ``final.json``."""
+    started = time.perf_counter()
+    _set_rng_state(plan.device, replica.rng)
+    tested = test_fitting(plan, replica.fitting)
+    replica.final = finalize(plan, replica.rec, tested, replica.cfg, replica.out_dir,
+                             f"{plan.run_name} seed {replica.seed}",
+                             started=started - replica.trained_s)
+    replica.rec.__exit__(None, None, None)
+    replica.rec = None
+    tmp = replica.out_dir / (FINAL + ".tmp")
+    tmp.write_text(json.dumps({"binding": replica.binding, "run_id": replica.run_id, "metrics": replica.final}))
+    tmp.replace(replica.out_dir / FINAL)
+    checkpoint.retain(replica.out_dir, keep, finished=True)
+    replica.fitting = None  # its model and data can go
+
+
+def mean_epoch(replicas: list[Replica], epoch: int) -> EpochMetrics:
+    """Epoch ``epoch`` averaged over the replicates; one that stopped early counts with its last epoch."""
+    rows = [r.history[min(epoch, len(r.history)) - 1] for r in replicas if r.history]
+    fields = {k: sum(getattr(m, k) for m in rows) / len(rows) for k in vars(rows[0]) if k != "epoch"}
+    return EpochMetrics(epoch=epoch, **fields)
+
+
+def train(plan: Plan, parent: RunRecorder, link: TrialLink | None, splits: Any) -> dict[str, float]:
+    """Every replicate not finished yet, in step; the config's aggregates, logged to ``parent``."""
+    cfg, keep = plan.cfg, str(plan.cfg.trainer.get("keep_checkpoints", "best"))
+    todo = [r for r in plan.replicas if r.final is None]
+    for r in plan.replicas:
+        if r.final is not None:
+            log.info(f"{r.label}finished before (MLflow run {r.run_id}): not trained again")
+
+    def work() -> None:
+        for r in todo:
+            _open(plan, parent, r, splits)
+        prune = link.pruning_callback(cfg.objective) if link is not None else None
+        epoch = min(r.fitting.training.result.epochs_run for r in todo) if todo else 0
+        for r in [r for r in todo if r.fitting.training.done]:
+            _finish(plan, r, keep)  # resumed after its last epoch, before its test
+        while any(r.fitting is not None for r in todo):
+            epoch += 1
+            training = [r for r in todo if r.fitting is not None and r.fitting.training.result.epochs_run < epoch]
+            for r in training:
+                _epoch(plan, r)
+            if prune is not None:
+                prune(mean_epoch(todo, epoch), None)
+            for r in training:
+                if r.fitting.training.done:
+                    _finish(plan, r, keep)
+
+    try:
+        guard_memory(plan, work)
+    except BaseException as e:
+        for r in todo:
+            if r.rec is not None:  # pruned, failed or interrupted with the config: each open run says so
+                r.rec.__exit__(type(e), e, e.__traceback__)
+                if isinstance(e, Exception):
+                    checkpoint.retain(r.out_dir, keep, finished=False)
+        raise
+    how = str(cfg.get("replicate_aggregate", "mean"))
+    final = replicates.final_metrics([r.final for r in plan.replicas], how)
+    final["wall_time_s"] = time.perf_counter() - plan.started
+    parent.log_metrics(final)
+    return final

@@ -1,0 +1,197 @@
+"""Replicates: a config trained with K seeds, each its own run, the config's run holding the statistics.
+
+Through the real path: ``python -m sweeps.train`` subprocesses on digits, the
+project's MLflow store and the sweep's Optuna storage.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import SWEEP, TINY, mlflow_runs, run_module, stores
+
+QUIET = ["tracking.log_figures=false", "tracking.log_model=false"]
+
+
+def family(root: Path) -> tuple[dict, dict]:
+    """({config run id: run}, {config run id: [its replicate runs by index]})."""
+    runs = mlflow_runs(root)
+    children: dict[str, list] = {}
+    for r in runs:
+        if "sweeps.replicate" in r.data.tags:
+            children.setdefault(r.data.tags["sweeps.replicate_of"], []).append(r)
+    configs = {r.info.run_id: r for r in runs if "sweeps.replicates" in r.data.tags}
+    return configs, {k: sorted(v, key=lambda r: int(r.data.tags["sweeps.replicate"])) for k, v in children.items()}
+
+
+def assert_aggregates(config, replicas) -> None:
+    """The config run's statistics are numpy's and scipy's over its replicates' own metrics."""
+    for name in ("best_val_acc", "test_acc", "best_val_loss"):
+        xs = np.array([r.data.metrics[name] for r in replicas])
+        m = config.data.metrics
+        sem = xs.std(ddof=1) / np.sqrt(len(xs))
+        half = stats.t.ppf(0.975, len(xs) - 1) * sem
+        assert m[name] == pytest.approx(xs.mean()) and m[f"{name}_mean"] == pytest.approx(xs.mean())
+        assert m[f"{name}_std"] == pytest.approx(xs.std(ddof=1)) and m[f"{name}_sem"] == pytest.approx(sem)
+        assert m[f"{name}_n"] == len(xs)
+        assert (m[f"{name}_ci95_low"], m[f"{name}_ci95_high"]) == pytest.approx((xs.mean() - half, xs.mean() + half))
+
+
+def test_a_sweep_of_replicated_configs_optimizes_the_chosen_aggregate(project: Path):
+    """3 trials x 3 replicates: 3 child runs per trial run, its statistics over them, and the
+    Optuna value of each trial the median of its replicates' best_val_acc."""
+    r = run_module("sweeps.train", [*SWEEP, *QUIET, "hydra.sweeper.n_trials=3", "optim.lr=interval(0.001,0.1)",
+                                    "replicates=3", "replicate_aggregate=median"], project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    configs, children = family(project)
+    assert len(configs) == 3
+    (study_name, (_, trials)), = stores(project)["studies"].items()
+    by_trial = {int(run.data.tags["sweeps.trial"]): run for run in configs.values()}
+    for number, state, values, _, _ in trials:
+        config = by_trial[number]
+        replicas = children[config.info.run_id]
+        assert state == "COMPLETE" and [int(x.data.tags["sweeps.replicate_seed"]) for x in replicas] == [0, 1, 2]
+        assert all(x.info.status == "FINISHED" and x.data.tags["mlflow.parentRunId"] == config.info.run_id
+                   for x in replicas)
+        assert_aggregates(config, replicas)
+        assert values == [pytest.approx(float(np.median([x.data.metrics["best_val_acc"] for x in replicas])))]
+        assert config.data.metrics["best_val_acc_median"] == pytest.approx(values[0])
+
+
+def test_a_replicate_trains_exactly_as_its_seed_alone(project: Path):
+    """Replicates step in turn, each with its own random stream: replicate 1 (seed 1) is the run
+    `seed=1` would be, to the last digit, and the single run prints mean ± std."""
+    r = run_module("sweeps.train", [*TINY, *QUIET, "replicates=2"], project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = next(line for line in r.stdout.splitlines() if "done:" in line)
+    assert "2 replicates (seeds 0, 1)" in done and "best val acc" in done and " ± " in done and "(n=2)" in done
+    alone = run_module("sweeps.train", [*TINY, *QUIET, "seed=1"], project)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    configs, children = family(project)
+    (config_id, config), = configs.items()
+    solo = next(x for x in mlflow_runs(project) if x.info.run_id not in configs and "sweeps.replicate" not in x.data.tags)
+    replica = children[config_id][1]
+    for name in ("best_val_acc", "test_acc", "test_loss", "best_val_loss"):
+        assert replica.data.metrics[name] == solo.data.metrics[name], name
+    assert_aggregates(config, children[config_id])
+
+
+KILL_AFTER_FIRST = textwrap.dedent('''
+    import os, signal
+    from sweeps import lockstep
+
+    finish = lockstep._finish
+
+    def _finish(*args, **kwargs):
+        finish(*args, **kwargs)
+        if not os.path.exists(os.environ["SWEEPS_TEST_ONCE"]):
+            open(os.environ["SWEEPS_TEST_ONCE"], "w").close()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    lockstep._finish = _finish
+''')
+
+
+def test_an_interrupted_config_resumes_only_its_unfinished_replicates(project: Path):
+    """SIGTERM right after replicate 0 finished; `trainer.resume=true` in the same directory finishes
+    replicates 1 and 2 from their last.pt and leaves replicate 0's run as it was."""
+    hook = project / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AFTER_FIRST)
+    out = project / "run"
+    args = [*TINY, *QUIET, "replicates=3", f"hydra.run.dir={out}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    env.update(PYTHONPATH=os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]), SWEEPS_TEST_ONCE=str(project / "once"))
+    killed = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == 130, killed.stderr[-3000:]
+    configs, children = family(project)
+    (config_id, config), = configs.items()
+    assert config.info.status == "KILLED"
+    before = {x.info.run_id: (x.info.status, x.info.end_time, dict(x.data.metrics)) for x in children[config_id]}
+    first = children[config_id][0]
+    assert [x.info.status for x in children[config_id]] == ["FINISHED", "KILLED", "KILLED"]
+    assert (out / "replicate_1" / "last.pt").is_file() and not (out / "replicate_0" / "last.pt").exists()
+
+    resumed = run_module("sweeps.train", [*args, "trainer.resume=true"], project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "seed 0: finished before" in resumed.stdout
+    assert "epoch 1:" in killed.stdout and "epoch" not in resumed.stdout.replace("epochs", "")  # nothing left to train
+    configs, children = family(project)
+    assert list(configs) == [config_id] and configs[config_id].info.status == "FINISHED"
+    after = children[config_id]
+    assert [x.info.run_id for x in after] == list(before)  # the same three runs, none new
+    assert (after[0].info.status, after[0].info.end_time, dict(after[0].data.metrics)) == before[first.info.run_id]
+    assert [x.info.status for x in after] == ["FINISHED"] * 3
+    assert_aggregates(configs[config_id], after)
+
+
+def test_a_pruned_config_stops_every_replicate_at_the_same_epoch(project: Path):
+    """The pruner sees the replicates' mean at each epoch; pruning stops them all there."""
+    args = [a for a in SWEEP if not a.startswith("trainer.epochs")] + [
+        *QUIET, "trainer.epochs=4", "replicates=2", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
+        "optim.lr=choice(0.03,0.0000001)"]
+    r = run_module("sweeps.train", args, project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (_, (_, trials)), = stores(project)["studies"].items()
+    assert sorted(t[1] for t in trials) == ["COMPLETE", "PRUNED"], trials
+    configs, children = family(project)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    pruned = next(c for c in configs.values() if c.data.tags["sweeps.state"] == "PRUNED")
+    replicas = children[pruned.info.run_id]
+    assert len(replicas) == 2 and all(x.data.tags["sweeps.state"] == "PRUNED" for x in replicas)
+    epochs = {len(client.get_metric_history(x.info.run_id, "val_acc")) for x in replicas}
+    assert len(epochs) == 1 and epochs.pop() < 4  # stopped together, before the last epoch
+
+
+BAD = [
+    ("replicates=0", "replicates=0 must be at least 1"),
+    ("replicates=1.5", "replicates=1.5 is not an integer"),
+    ("replicates=three", "replicates='three' is not an integer"),
+    ("replicate_seeds=[3,3,4]", "repeats seed(s) [3]"),
+    ("replicate_seeds=[0,1] replicates=3", "replicates=3 but replicate_seeds=[0, 1] has 2 seeds"),
+    ("replicate_aggregate=max", "replicate_aggregate='max' is not one of mean, median, worst, mean_minus_std"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD, ids=[o for o, _ in BAD])
+def test_bad_replicate_settings_are_refused(composer, override, message):
+    from sweeps.config import validate
+    from sweeps.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate(composer(["dataset=digits", *override.split()]))
+    assert message in str(e.value), str(e.value)
+
+
+def test_a_bad_replicate_count_exits_2_before_anything_is_recorded(project: Path):
+    r = run_module("sweeps.train", [*TINY, "replicates=-1"], project)
+    assert r.returncode == 2 and "replicates=-1 must be at least 1" in r.stderr, r.stderr[-2000:]
+    assert not (project / "mlruns").exists() and not (project / "data").exists()
+    lr = run_module("sweeps.lr_find", [*TINY, "replicates=3"], project)
+    assert lr.returncode == 2 and "learning-rate range test runs one seed" in lr.stderr, lr.stderr[-2000:]
+
+
+def test_replicate_statistics_are_scipys():
+    from sweeps import replicates
+
+    xs = [0.91, 0.93, 0.925, 0.918]
+    s = replicates.summarize(xs)
+    assert s["std"] == pytest.approx(np.std(xs, ddof=1)) and s["n"] == 4
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(xs), scale=stats.sem(xs))
+    assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((low, high))
+    assert replicates.aggregate("best_val_acc", xs, "worst") == 0.91
+    assert replicates.aggregate("test_loss", xs, "worst") == 0.93
+    assert replicates.aggregate("best_val_acc", xs, "mean_minus_std") == pytest.approx(np.mean(xs) - np.std(xs, ddof=1))
+    assert replicates.aggregate("best_val_acc", xs, "median") == pytest.approx(np.median(xs))
