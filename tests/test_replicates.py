@@ -134,6 +134,37 @@ def test_an_interrupted_config_resumes_only_its_unfinished_replicates(project: P
     assert_aggregates(configs[config_id], after)
 
 
+def test_a_sweep_re_running_an_interrupted_trial_adopts_its_finished_replicates(project: Path):
+    """A sweep SIGTERMed right after trial 0's first replicate finished; the same command again runs
+    the re-queued trial, which takes that replicate's run as it is and trains the other two."""
+    hook = project / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AFTER_FIRST)
+    args = [*SWEEP, *QUIET, "hydra/sweeper/sampler=grid", "optim.lr=choice(0.01)", "replicates=3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPS_OPTUNA_STORAGE")}
+    env.update(PYTHONPATH=os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]), SWEEPS_TEST_ONCE=str(project / "once"))
+    killed = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == 130, killed.stderr[-3000:]
+    configs, children = family(project)
+    (old_id, _), = configs.items()
+    first = children[old_id][0]
+    assert first.info.status == "FINISHED"
+
+    again = run_module("sweeps.train", args, project)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "seed 0: adopted from interrupted MLflow run" in again.stdout + again.stderr
+    (_, (_, trials)), = stores(project)["studies"].items()
+    assert sorted(t[1] for t in trials) == ["COMPLETE", "FAIL"]  # the interrupted one, not counted, and its re-run
+    configs, children = family(project)
+    new_id = next(k for k, c in configs.items() if c.data.tags["sweeps.state"] == "COMPLETE")
+    replicas = children[new_id]
+    assert [x.data.tags["sweeps.replicate_seed"] for x in replicas] == ["0", "1", "2"]
+    assert replicas[0].info.run_id == first.info.run_id and replicas[0].data.metrics == first.data.metrics
+    assert replicas[0].info.end_time == first.info.end_time  # not reopened
+    assert_aggregates(configs[new_id], replicas)
+
+
 def test_a_pruned_config_stops_every_replicate_at_the_same_epoch(project: Path):
     """The pruner sees the replicates' mean at each epoch; pruning stops them all there."""
     args = [a for a in SWEEP if not a.startswith("trainer.epochs")] + [

@@ -8,7 +8,9 @@ replicate i trains exactly as ``seed=<its seed>`` would alone. Each has its own
 directory (``replicate_<i>/``: ``last.pt``, ``best.pt``, ``job.json``) and MLflow
 run, a child of the config's run. A replicate that has finished writes
 ``final.json`` there: a resumed config (``trainer.resume=true``) never trains
-it again and resumes the others from their ``last.pt``.
+it again and resumes the others from their ``last.pt``. In a sweep, the trial
+that re-runs an interrupted one adopts the interrupted trial's finished
+replicates (their runs move under its run, unchanged) and trains the rest.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sweeps_optuna.contract import TAG_REPLICATE, TAG_REPLICATE_OF, TAG_REPLICAT
 log = logging.getLogger("sweeps.train")
 
 FINAL = "final.json"
+TAG_KEY = "sweeps.replicate_key"  # Replica.key: where a re-run trial finds an interrupted one's finished replicates
 
 
 @dataclass
@@ -60,6 +63,11 @@ class Replica:
     @property
     def binding(self) -> str:
         return run_dir.fingerprint(self.identity)
+
+    @property
+    def key(self) -> str:
+        """The same in every trial of its study that trains its config and seed."""
+        return run_dir.fingerprint({"study": self.identity["study"], "config": self.identity["config"]})
 
 
 def plan_replicas(plan: Plan) -> list[Replica]:
@@ -91,7 +99,7 @@ def _finished(replica: Replica) -> dict[str, Any] | None:
 def _open(plan: Plan, parent: RunRecorder, replica: Replica, splits: Any) -> None:
     replica.out_dir.mkdir(parents=True, exist_ok=True)
     tags = {k: v for k, v in plan.tags.items() if k != TAG_REPLICATES}
-    tags.update({TAG_REPLICATE: str(replica.index), TAG_REPLICATE_SEED: str(replica.seed)})
+    tags.update({TAG_REPLICATE: str(replica.index), TAG_REPLICATE_SEED: str(replica.seed), TAG_KEY: replica.key})
     if parent.run_id:
         tags[TAG_REPLICATE_OF] = parent.run_id
     replica.rec = RunRecorder(replica.cfg, f"{plan.run_name} seed {replica.seed}", tags,
@@ -146,6 +154,33 @@ def _finish(plan: Plan, replica: Replica, keep: str) -> None:
     replica.fitting = None  # its model and data can go
 
 
+def _adopt(plan: Plan, parent: RunRecorder, replicas: list[Replica]) -> None:
+    """Finished replicates of an interrupted trial of this study with this config and seed become
+    this trial's: their runs move under ``parent`` as they are, and are not trained again."""
+    from sweeps_optuna.contract import INTERRUPTED_STATE, TAG_STATE, TAG_TRIAL
+
+    from sweeps.tracking import client
+
+    store = client(plan.cfg)
+    experiment = store.get_run(parent.run_id).info.experiment_id
+    for r in replicas:
+        for run in store.search_runs([experiment], max_results=50, filter_string=(
+                f"tags.`{TAG_KEY}` = '{r.key}' and tags.`{TAG_STATE}` = 'COMPLETE' and attributes.status = 'FINISHED'")):
+            old = run.data.tags.get("mlflow.parentRunId")
+            if old == parent.run_id or not old or store.get_run(old).data.tags.get(TAG_STATE) != INTERRUPTED_STATE:
+                continue  # another trial's, which is not given up: a sampler may ask for one config twice
+            final = {k: run.data.metrics[k] for k in (*replicates.AGGREGATED, "n_params") if k in run.data.metrics}
+            if len(final) < len(replicates.AGGREGATED) + 1:
+                continue
+            store.set_tag(run.info.run_id, "mlflow.parentRunId", parent.run_id)
+            store.set_tag(run.info.run_id, TAG_REPLICATE_OF, parent.run_id)
+            if TAG_TRIAL in plan.tags:
+                store.set_tag(run.info.run_id, TAG_TRIAL, plan.tags[TAG_TRIAL])
+            r.final, r.run_id = final, run.info.run_id
+            log.info(f"{r.label}adopted from interrupted MLflow run {old} (replicate run {r.run_id}): not trained again")
+            break
+
+
 def mean_epoch(replicas: list[Replica], epoch: int) -> EpochMetrics:
     """Epoch ``epoch`` averaged over the replicates; one that stopped early counts with its last epoch."""
     rows = [r.history[min(epoch, len(r.history)) - 1] for r in replicas if r.history]
@@ -156,10 +191,12 @@ def mean_epoch(replicas: list[Replica], epoch: int) -> EpochMetrics:
 def train(plan: Plan, parent: RunRecorder, link: TrialLink | None, splits: Any) -> dict[str, float]:
     """Every replicate not finished yet, in step; the config's aggregates, logged to ``parent``."""
     cfg, keep = plan.cfg, str(plan.cfg.trainer.get("keep_checkpoints", "best"))
-    todo = [r for r in plan.replicas if r.final is None]
     for r in plan.replicas:
         if r.final is not None:
             log.info(f"{r.label}finished before (MLflow run {r.run_id}): not trained again")
+    if link is not None and parent.enabled and parent.run_id:
+        _adopt(plan, parent, [r for r in plan.replicas if r.final is None])
+    todo = [r for r in plan.replicas if r.final is None]
 
     def work() -> None:
         for r in todo:
