@@ -48,7 +48,7 @@ def _per_seed(val: list[float], test: list[float]) -> list[dict[str, float]]:
 
 
 def _log_trial(client, exp: str, name: str, seeds: list[dict[str, float]], parent: str | None = None,
-               study: str | None = None, trial: int | None = None) -> str:
+               study: str | None = None, trial: int | None = None, own_curve: bool = True) -> str:
     """A trial's run (aggregates over its seeds) and one child run per seed, as the trainer writes them."""
     tags = {c.TAG_STATE: c.COMPLETE, c.TAG_REPLICATES: str(len(seeds))}
     if parent:
@@ -69,7 +69,7 @@ def _log_trial(client, exp: str, name: str, seeds: list[dict[str, float]], paren
         for epoch in (1, 2):
             client.log_metric(rep, "val_acc", metrics["best_val_acc"] * epoch / 2, step=epoch)
         client.set_terminated(rep)
-    for epoch in (1, 2):
+    for epoch in (1, 2) if own_curve else ():
         client.log_metric(run, "val_acc", float(np.mean([s["best_val_acc"] for s in seeds])) * epoch / 2, step=epoch)
     client.set_terminated(run)
     return run
@@ -244,7 +244,7 @@ def test_a_single_run_with_replicates_is_one_row(tmp_path, monkeypatch):
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("reps")
     name, val, test = TRIALS[0]
-    run = _log_trial(client, exp, name, _per_seed(val, test))
+    run = _log_trial(client, exp, name, _per_seed(val, test), own_curve=False)  # curves only in its seeds' runs
     single = client.create_run(exp, run_name="optim=sgd", tags={c.TAG_STATE: c.COMPLETE}).info.run_id
     for m, v in _per_seed([0.9], [0.89])[0].items():
         client.log_metric(single, m, v)
@@ -258,6 +258,8 @@ def test_a_single_run_with_replicates_is_one_row(tmp_path, monkeypatch):
     assert one[4] == "90.00" and one[5] == "89.00"  # n=1: as today
     assert one[6] == f"{100 * (0.9 - np.mean(val)):+.2f}" and one[7] == f"{100 * (0.89 - np.mean(test)):+.2f}"
     assert "★" not in one[0] and "★" in by_run[run][0]
+    assert "Learning curves of the top 2" in md
+    _valid_png(tmp_path / "out" / "top_k_learning_curves.png")
 
 
 def test_single_run_sweeps_keep_the_seed_format():

@@ -113,9 +113,19 @@ def _learning_curves(sweep: Sweep, out: Path, prefix: str, top_k: int, client, a
         return
     curves = {}
     for r in best:
-        curves[r.label or r.run_name] = {
-            key: [(m.step, m.value) for m in client.get_metric_history(r.run_id, key)]
-            for key in ("val_acc", "val_loss", "train_loss")}
+        curves[r.label or r.run_name] = {key: _history(client, r, key) for key in ("val_acc", "val_loss", "train_loss")}
     attempt(f"Learning curves of the top {len(best)}", plots.overlaid_curves, curves,
             out / f"{prefix}top_k_learning_curves.png", f"{sweep.title}: top {len(best)} runs")
 
+
+
+def _history(client, row: Row, key: str) -> list[tuple[int, float]]:
+    """A row's per-epoch ``key``: its run's, else the mean at each epoch over its replicates' runs."""
+    own = [(m.step, m.value) for m in client.get_metric_history(row.run_id, key)]
+    if own or not row.replicates:
+        return own
+    by_step: dict[int, list[float]] = {}
+    for rep in row.replicates:
+        for m in client.get_metric_history(rep.run_id, key):
+            by_step.setdefault(m.step, []).append(m.value)
+    return [(step, sum(vs) / len(vs)) for step, vs in sorted(by_step.items())]
