@@ -178,7 +178,7 @@ def test_rows_are_trials_and_their_stats_are_scipys(replicated, monkeypatch):
     assert set(tables) == {"Ablation: optim", "Ablation: optim.lr"}, md
     baseline = TRIALS[0][0]
     for heading, rows in tables.items():
-        assert f"Baseline: **baseline (optim=adam, optim.lr=0.001)**." in md.split(f"### {heading}")[1]
+        assert "Baseline: **baseline (optim=adam, optim.lr=0.001)**." in md.split(f"### {heading}")[1]
         for row in rows:
             run = next(name for name, r in by_name.items() if f"`{r.run_id}`" == row[-1])
             s = seeds[run]
