@@ -60,6 +60,11 @@ TAG_REPLICATE = "sweeps.replicate"
 TAG_REPLICATE_SEED = "sweeps.replicate_seed"
 TAG_REPLICATE_OF = "sweeps.replicate_of"
 ROLE_PARENT = "parent"
+# Replicates: a trial's run trains K seeds, each its own run, a child of the trial's run.
+TAG_REPLICATES = "sweeps.replicates"  # "K" on a trial's run whose metrics are aggregates over K replicates
+TAG_REPLICATE = "sweeps.replicate"  # "0".."K-1" on a replicate's run
+TAG_REPLICATE_SEED = "sweeps.replicate_seed"  # the seed a replicate trained with
+TAG_REPLICATE_OF = "sweeps.replicate_of"  # the trial's run id, on each of its replicates' runs
 
 # --------------------------------------------------------------------------- states
 

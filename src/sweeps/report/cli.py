@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="the Optuna storage URL (default: trial.storage of the sweep, else "
                                           "<cwd>/multirun/optuna.db when present)")
     parser.add_argument("--out", type=Path, help="output dir (default: the sweep dir, or reports/<experiment>/)")
+    parser.add_argument("--baseline", metavar="ROW",
+                        help="the row every other row of a table is compared with, where rows trained over several "
+                             "seeds: a row's label, run name, run id or overrides (e.g. optim=sgd). Default: each "
+                             "table's baseline (an ablation's, a seed table's prev_best), else its best row")
     parser.add_argument("--top-k", type=int, default=5, help="runs in the overlaid learning curves (default 5)")
     return parser
 
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = resolve_targets(args.targets, args.tracking_uri, args.storage)
         sweeps = [s for t in targets for s in load_sweeps(t)]
         out = args.out or default_out(targets)
-        report = build(sweeps, out, args.top_k)
+        report = build(sweeps, out, args.top_k, args.baseline)
     except ReportError as e:
         print_error(str(e))
         return 2

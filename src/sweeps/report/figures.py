@@ -1,7 +1,9 @@
 """The figures of one sweep, drawn by ``sweeps.plots`` from the report's rows.
 
 A figure that cannot be drawn (too few trials, a failing Optuna plot) costs
-only a note: the table is the report, the figures illustrate it.
+only a note: the table is the report, the figures illustrate it. A
+replicated sweep's bars and points carry their 95% intervals, and their
+titles say so.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from sweeps.report.labels import axis_name, label_keys
 from sweeps.report.ranking import sort_key
 from sweeps.report.rows import Row, Sweep
+from sweeps.report.tables import replicated
 from sweeps_optuna.contract import COMPLETE
 
 Made = list[tuple[str, Path]]  # (title, file) of each figure drawn, in the report's order
@@ -46,10 +49,15 @@ def _sweep_figures(sweep: Sweep, out: Path, prefix: str, axes: dict[str, list[Ro
                    attempt: Callable) -> None:
     """Accuracy against size for the whole sweep, then one bar chart per ablation axis."""
     from sweeps import plots
+    from sweeps.report import errorbars
 
-    points = [{"n_params": r.n_params, "val_acc": r.val_acc, "label": r.label, "state": r.state}
-              for r in sweep.rows]
-    attempt("Validation accuracy vs parameter count", plots.accuracy_vs_params, points,
+    reps = replicated(sweep)
+    scatter, bar_chart = (errorbars.accuracy_vs_params, errorbars.axis_bars) if reps else (
+        plots.accuracy_vs_params, plots.axis_bars)
+    caption = f" ({errorbars.CAPTION})" if reps else ""
+    points = [{"n_params": r.n_params, "val_acc": r.val_acc, "label": r.label, "state": r.state,
+               "val_err": errorbars.half_ci(r.dist("best_val_acc"))} for r in sweep.rows]
+    attempt("Validation accuracy vs parameter count" + caption, scatter, points,
             out / f"{prefix}val_acc_vs_params.png", sweep.budget,
             f"{sweep.title}: validation accuracy vs parameters")
 
@@ -58,9 +66,12 @@ def _sweep_figures(sweep: Sweep, out: Path, prefix: str, axes: dict[str, list[Ro
         ranked = [r for r in sorted(rows, key=sort_key(sweep)) if r.val_acc is not None][:20]
         if not ranked:
             continue
-        bars = [{"label": r.label, "val_acc": r.val_acc, "test_acc": r.test_acc, "best": r.best} for r in ranked]
+        bars = [{"label": r.label, "val_acc": r.val_acc, "test_acc": r.test_acc, "best": r.best,
+                 "val_err": errorbars.half_ci(r.dist("best_val_acc")),
+                 "test_err": errorbars.half_ci(r.dist("test_acc"))} for r in ranked]
         title = f"Ablation: {axis}" if axes else "Trials by validation accuracy"
-        attempt(title, plots.axis_bars, axis if axes else ", ".join(map(axis_name, label_keys(sweep.rows))) or "run",
+        attempt(title + caption, bar_chart,
+                axis if axes else ", ".join(map(axis_name, label_keys(sweep.rows))) or "run",
                 bars, out / f"{prefix}ablation_{slug(axis)}.png",
                 f"{sweep.title}: {axis}" if axes else f"{sweep.title}: top {len(bars)} runs")
 
@@ -102,9 +113,19 @@ def _learning_curves(sweep: Sweep, out: Path, prefix: str, top_k: int, client, a
         return
     curves = {}
     for r in best:
-        curves[r.label or r.run_name] = {
-            key: [(m.step, m.value) for m in client.get_metric_history(r.run_id, key)]
-            for key in ("val_acc", "val_loss", "train_loss")}
+        curves[r.label or r.run_name] = {key: _history(client, r, key) for key in ("val_acc", "val_loss", "train_loss")}
     attempt(f"Learning curves of the top {len(best)}", plots.overlaid_curves, curves,
             out / f"{prefix}top_k_learning_curves.png", f"{sweep.title}: top {len(best)} runs")
 
+
+
+def _history(client, row: Row, key: str) -> list[tuple[int, float]]:
+    """A row's per-epoch ``key``: its run's, else the mean at each epoch over its replicates' runs."""
+    own = [(m.step, m.value) for m in client.get_metric_history(row.run_id, key)]
+    if own or not row.replicates:
+        return own
+    by_step: dict[int, list[float]] = {}
+    for rep in row.replicates:
+        for m in client.get_metric_history(rep.run_id, key):
+            by_step.setdefault(m.step, []).append(m.value)
+    return [(step, sum(vs) / len(vs)) for step, vs in sorted(by_step.items())]

@@ -3,6 +3,8 @@
 A label shows only the overrides that vary across the rows it sits among, so
 a row reads as its difference from the others; rows that each change one
 thing from a common baseline are split into one table per thing changed.
+Each table's rows are compared with one of them, its baseline: the
+ablation's baseline, a seed table's previous best, else the table's best.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from sweeps.report.names import BARE
+from sweeps.report.names import BARE, name_tokens
+from sweeps_optuna.contract import COMPLETE
 
 if TYPE_CHECKING:
     from sweeps.report.rows import Row
 
 # The config group whose options are named rows of a table of configurations.
 ROWS_GROUP = "hparams_search/rows/"
+# Labels of a row that is a table's own reference point (an ablation's, a seed table's previous best).
+BASELINE_LABELS = ("baseline", "prev_best", "prev best", "defaults")
 
 
 def rounded(value: str) -> str:
@@ -93,3 +98,26 @@ def ablation_axes(rows: list[Row]) -> dict[str, list[Row]] | None:
     for r in rows:
         r.label = labels.get(id(r), f"baseline ({shown})" if shown else "baseline")
     return out
+
+
+def matches(row: Row, wanted: str) -> bool:
+    """Whether ``--baseline wanted`` names the row: its label, run name or id, or overrides it has."""
+    if wanted in (row.label, row.run_name, row.run_id) or (row.trial is not None and wanted == f"trial {row.trial}"):
+        return True
+    tokens = name_tokens(wanted)
+    return bool(tokens) and all(row.tokens.get(k) == v for k, v in tokens.items())
+
+
+def pick_baseline(ranked: list[Row], wanted: str | None = None) -> Row | None:
+    """The complete row a table compares the others with: ``wanted``'s, else its own baseline, else its first.
+
+    ``ranked``: the table's rows, best first. A ``wanted`` that no row of this
+    table matches gives the table's default (the caller says so).
+    """
+    complete = [r for r in ranked if r.state == COMPLETE and r.objective is not None]
+    if wanted:
+        chosen = [r for r in complete if matches(r, wanted)]
+        if chosen:
+            return chosen[0]
+    own = [r for r in complete if r.label.split(" (")[0] in BASELINE_LABELS]
+    return (own or complete or [None])[0]

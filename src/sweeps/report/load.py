@@ -3,7 +3,8 @@
 An experiment may hold several sweeps (one parent run each) and single runs
 besides; a sweep's rows are its parent's children plus the study's trials that
 never got a run. The study is optional: without it the report is only the
-MLflow side, and a note says why.
+MLflow side, and a note says why. A replicate's run is a child of its trial's
+run, not a trial: it belongs to that trial's row, and makes no sweep of it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from sweeps.errors import ReportError
 from sweeps.report.ranking import set_objectives
 from sweeps.report.rows import Sweep, merge_trials, row_from_run
 from sweeps.report.targets import Target, default_study_storage, mlflow_client
-from sweeps_optuna.contract import PARENT_RUN_ID, ROLE_PARENT, TAG_ROLE, TAG_STUDY
+from sweeps_optuna.contract import (PARENT_RUN_ID, ROLE_PARENT, TAG_REPLICATE, TAG_REPLICATE_OF, TAG_ROLE,
+                                    TAG_STUDY)
 
 _PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag on a nested run
 
@@ -67,8 +69,27 @@ def _all_runs(store, experiment_id: str) -> list:
             return runs
 
 
+def _is_replicate(run) -> bool:
+    return TAG_REPLICATE in run.data.tags or TAG_REPLICATE_OF in run.data.tags
+
+
+def _replicates(runs: list) -> dict[str, list]:
+    """{trial run id: its replicates' runs}."""
+    out: dict[str, list] = {}
+    for r in runs:
+        if _is_replicate(r):
+            owner = r.data.tags.get(TAG_REPLICATE_OF) or r.data.tags.get(_PARENT_TAG)
+            if owner:
+                out.setdefault(owner, []).append(r)
+    return out
+
+
 def _by_parent(runs: list) -> tuple[set[str], dict[str | None, list]]:
-    """(parent run ids, {parent id or None: its trial runs}); a parent without trials yet is kept."""
+    """(parent run ids, {parent id or None: its trial runs}); a parent without trials yet is kept.
+
+    Replicate runs are neither trials nor what makes their trial's run a parent.
+    """
+    runs = [r for r in runs if not _is_replicate(r)]
     parents = {r.data.tags[_PARENT_TAG] for r in runs if _PARENT_TAG in r.data.tags}
     parents |= {r.info.run_id for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_PARENT}
     groups: dict[str | None, list] = {}
@@ -115,6 +136,7 @@ def load_sweeps(target: Target) -> list[Sweep]:
         )
     by_id = {r.info.run_id: r for r in runs}
     parents, groups = _by_parent(runs)
+    replicates = _replicates(runs)
     notes: list[str] = []
     study = open_study(target.study_name, target.storage, notes)
     if target.study_name is not None:
@@ -136,7 +158,7 @@ def load_sweeps(target: Target) -> list[Sweep]:
             default = default_study_storage(Path.cwd())
             if default is not None:
                 sweep.study = open_study(study_name, default, sweep.notes)
-        sweep.rows = [row_from_run(store, r) for r in members]
+        sweep.rows = [row_from_run(store, r, replicates.get(r.info.run_id, ())) for r in members]
         merge_trials(sweep)
         set_objectives(sweep, members + ([by_id[pid]] if pid in by_id else []))
         if not sweep.rows:

@@ -2,7 +2,9 @@
 
 The objective is what the runs were optimized for (their ``objective``
 param); its direction is the study's, or where there is no study,
-``sweeps.objectives``' -- the table the sweeper's hooks read too.
+``sweeps.objectives``' -- the table the sweeper's hooks read too. Over
+several seeds the best is no single row: every row the test cannot tell from
+the best is as good a choice, and is marked as one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 
 from sweeps import objectives
 from sweeps.report.rows import Row, Sweep, as_float, as_int
+from sweeps.report.stats import tied
 from sweeps_optuna.contract import COMPLETE, STATES
 
 # The objectives a Row holds itself; any other is read from its run's metrics.
@@ -72,3 +75,18 @@ def sort_key(sweep: Sweep) -> Callable[[Row], tuple]:
         return (rank, 0, sign * value, row.trial or 0)
 
     return key
+
+
+def mark_best(sweep: Sweep, ranked: list[Row]) -> Row | None:
+    """The best complete row of a single-objective sweep, ``best`` set on it and on every row tied with it."""
+    if len(sweep.objectives) > 1:
+        return None
+    best = next((r for r in ranked if r.state == COMPLETE and r.objective is not None), None)
+    if best is None:
+        return None
+    best.best = True
+    top = best.dist(sweep.objective)
+    for r in ranked:
+        if r.state == COMPLETE and r.objective is not None and tied(top, r.dist(sweep.objective)):
+            r.best = True
+    return best

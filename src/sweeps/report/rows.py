@@ -4,6 +4,10 @@ A trial is read from its MLflow run where it has one (the run holds the
 metrics), else from its Optuna trial (a trial refused before its run started
 still belongs in the table). The names of tags, user attrs and states are the
 sweeper's (``sweeps_optuna.contract``).
+
+A trial trained over several seeds is still one row: its run holds the means
+(so every single-value view of it stays right), and the row keeps each
+replicate's final metrics, from which its spread and tests are computed.
 """
 
 from __future__ import annotations
@@ -14,8 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.report.names import name_tokens
+from sweeps.report.stats import Dist, dist
 from sweeps_optuna import contract as c
 from sweeps_optuna.storage import redact
+
+# The final metrics the trainer aggregates over a trial's replicates.
+REPLICATED = ("best_val_acc", "test_acc", "best_val_loss", "test_loss", "train_acc_at_best")
+
+
+@dataclass
+class Replicate:
+    """One seed of a replicated trial: its own run, its final metrics."""
+
+    index: int | None
+    seed: int | None
+    run_id: str
+    state: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
 
 @dataclass
 class Row:
@@ -36,6 +56,20 @@ class Row:
     best: bool = False
     values: list[float | None] = field(default_factory=list)  # one per objective of a multi-objective sweep
     pareto: bool = False
+    replicates: list[Replicate] = field(default_factory=list)  # by index; empty for a run of one seed
+    aggregates: dict[str, Dist] = field(default_factory=dict)  # {metric: Dist} from the trial run's m_mean/_std/_n
+
+    def dist(self, metric: str) -> Dist | None:
+        """``metric`` over the complete replicates (else the trial run's aggregates); None for one seed."""
+        if self.state != c.COMPLETE:
+            return None
+        found = dist([r.metrics[metric] for r in self.replicates if r.state == c.COMPLETE and metric in r.metrics])
+        return found or self.aggregates.get(metric)
+
+    @property
+    def n(self) -> int:
+        """How many seeds the row's values are the mean of (1: a single run)."""
+        return max((d.n for d in (self.dist(m) for m in REPLICATED) if d is not None), default=1)
 
 
 @dataclass
@@ -76,7 +110,27 @@ def as_int(value: Any) -> int | None:
     return None if v is None else int(round(v))
 
 
-def row_from_run(client, run) -> Row:
+def _aggregates(metrics: dict[str, float]) -> dict[str, Dist]:
+    out = {}
+    for key in metrics:
+        name = key.removesuffix("_mean")
+        if key.endswith("_mean") and f"{name}_std" in metrics and f"{name}_n" in metrics:
+            n, std = as_int(metrics[f"{name}_n"]), as_float(metrics[f"{name}_std"])
+            mean = as_float(metrics[key])
+            if n is not None and n >= 2 and std is not None and mean is not None:
+                out[name] = Dist(mean, std, n)
+    return out
+
+
+def replicate_from_run(run) -> Replicate:
+    tags = run.data.tags
+    state = tags.get(c.TAG_STATE) or c.STATE_OF_STATUS.get(run.info.status, run.info.status)
+    return Replicate(as_int(tags.get(c.TAG_REPLICATE)), as_int(tags.get(c.TAG_REPLICATE_SEED)), run.info.run_id,
+                     state, {k: v for k, v in run.data.metrics.items() if as_float(v) is not None})
+
+
+def row_from_run(client, run, replicates: list | tuple = ()) -> Row:
+    """The row of a trial's run; ``replicates``: the runs of its seeds, when it trained several."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     # A long name was cut to fit MLflow's 250 characters; the tag keeps every override.
     name = tags.get(c.TAG_OVERRIDES) or run.info.run_name or tags.get("mlflow.runName") or run.info.run_id
@@ -98,6 +152,9 @@ def row_from_run(client, run) -> Row:
             row.epochs = max(m.step for m in history)
             row.train_acc = next((m.value for m in client.get_metric_history(run.info.run_id, "train_acc")
                                   if m.step == best.step), None)
+    row.replicates = sorted((replicate_from_run(r) for r in replicates),
+                            key=lambda r: (r.index is None, r.index or 0))
+    row.aggregates = _aggregates(metrics)
     return row
 
 
