@@ -53,12 +53,6 @@ TAG_OVERRIDES = "sweeps.overrides"  # every override of a run whose name is shor
 # MLflow keeps a tag value of at most 8000 characters (a database server refuses more); tags
 # that quote a reason or a command line keep their first MAX_TAG.
 MAX_TAG = 5000
-# Replicates (``replicates=K``): a config's run holds the aggregates and names its count;
-# each replicate's run is its child and names its index, seed and config run.
-TAG_REPLICATES = "sweeps.replicates"
-TAG_REPLICATE = "sweeps.replicate"
-TAG_REPLICATE_SEED = "sweeps.replicate_seed"
-TAG_REPLICATE_OF = "sweeps.replicate_of"
 ROLE_PARENT = "parent"
 # Replicates: a trial's run trains K seeds, each its own run, a child of the trial's run.
 TAG_REPLICATES = "sweeps.replicates"  # "K" on a trial's run whose metrics are aggregates over K replicates
