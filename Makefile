@@ -30,9 +30,12 @@ test-fast: install
 # Re-running it resumes the study (it has 10 trials in all).
 demo: install
 	$(BIN)/python -m sweeps.train hparams_search=demo
+	$(BIN)/python -m sweeps.train hparams_search=demo_replicates
 	$(BIN)/python -m sweeps.report demo
+	$(BIN)/python -m sweeps.report demo_replicates
 	@echo
-	@echo "Every trial is in MLflow (experiment 'demo'); the table is in reports/demo/report.md."
+	@echo "Every trial is in MLflow (experiments 'demo' and 'demo_replicates'); the tables are in"
+	@echo "reports/demo/report.md and reports/demo_replicates/report.md (3 seeds a row: mean ± std, Welch's test)."
 	@echo "Open the UI with:  make ui   (then http://127.0.0.1:$(PORT))"
 
 # `make train ARGS="model=resnet18_trunc optim=sgd"`
