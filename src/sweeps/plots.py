@@ -143,6 +143,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+# The caption of a figure drawn with replicated rows' error bars (the interval the report's tables give).
+ERROR_BARS = "error bars: 95% CI of the mean over seeds"
+
+
 def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: float | None = None,
                        title: str | None = None) -> Path:
     """Validation accuracy against parameter count, budget line, Pareto front highlighted.
@@ -158,12 +162,19 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
     xs = [float(p["n_params"]) for p in done]
     ys = [percent(p["val_acc"]) for p in done]
     colours = {COMPLETE: "tab:blue", PRUNED: "tab:orange"}
-    ax.scatter(xs, ys, c=[colours.get(p.get("state", COMPLETE), "tab:gray") for p in done], s=30,
-               alpha=0.8, zorder=2)
+    errs = [float(p.get("val_err") or 0.0) for p in done]
+    if any(errs):  # replicated rows: the 95% CI of each mean
+        for x, y, e, p in zip(xs, ys, errs, done):
+            ax.errorbar([x], [y], yerr=[e] if e else None, fmt="o", markersize=5, capsize=3, alpha=0.8, zorder=2,
+                        color=colours.get(p.get("state", COMPLETE), "tab:gray"))
+    else:
+        ax.scatter(xs, ys, c=[colours.get(p.get("state", COMPLETE), "tab:gray") for p in done], s=30,
+                   alpha=0.8, zorder=2)
     front = [i for i in pareto_front(list(zip(xs, ys))) if done[i].get("state", COMPLETE) == COMPLETE]
     if front:
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:red", markersize=8,
-                markerfacecolor="none", zorder=3, label="Pareto front (complete runs)")
+                markerfacecolor="none", zorder=3,
+                label="Pareto front of the means (complete runs)" if any(errs) else "Pareto front (complete runs)")
         for i in front:
             ax.annotate(_wrap(str(done[i].get("label", "")), 32), (xs[i], ys[i]), fontsize=6,
                         xytext=(4, 4), textcoords="offset points")
@@ -180,11 +191,12 @@ def accuracy_vs_params(points: Sequence[Mapping[str, Any]], path: Path, budget: 
     if counts and max(counts) / max(min(counts), 1.0) > 20:
         ax.set_xscale("log")  # tiny and budget-sized models on one axis
     ax.set_xlabel("parameters")
-    ax.set_ylabel("best validation accuracy (%)")
+    ax.set_ylabel("best validation accuracy (%)" + (", mean over seeds" if any(errs) else ""))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_human))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title or "validation accuracy vs parameter count")
+    title = title or "validation accuracy vs parameter count"
+    ax.set_title(f"{title}\n({ERROR_BARS})" if any(errs) else title, fontsize=10 if any(errs) else None)
     return _save(fig, path)
 
 
@@ -200,36 +212,43 @@ def axis_bars(axis: str, bars: Sequence[Mapping[str, Any]], path: Path, title: s
     """One bar per value of an ablation axis: validation (and test) accuracy in percent.
 
     ``bars``: dicts with ``label``, ``val_acc``, optional ``test_acc`` and
-    ``best`` (bool, drawn with a star); values that are lists (several seeds)
-    are drawn as a box instead of a bar.
+    ``best`` (bool, drawn with a star), and for a row of several seeds
+    ``val_err`` / ``test_err``: the half-width of its 95% CI in points, drawn as
+    an error bar.
     """
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(bars) + 2), 4.5))
     xs = np.arange(len(bars))
     width = 0.38
     has_test = any(b.get("test_acc") is not None for b in bars)
+    tops: list[float] = []
+    errors = any(b.get("val_err") or b.get("test_err") for b in bars)
     for offset, key, colour in ((-width / 2 if has_test else 0, "val_acc", "tab:blue"),
                                 (width / 2, "test_acc", "tab:green")):
         if key == "test_acc" and not has_test:
             continue
         heights = [percent(b.get(key)) for b in bars]
+        errs = [float(b.get(key.replace("_acc", "_err")) or 0.0) for b in bars]
         rects = ax.bar(xs + offset, [h if h is not None else 0 for h in heights], width if has_test else 0.6,
+                       yerr=errs if any(errs) else None, capsize=3, ecolor="black",
                        color=colour, alpha=0.85, label="validation" if key == "val_acc" else "test")
-        for rect, h, b in zip(rects, heights, bars):
+        for rect, h, e, b in zip(rects, heights, errs, bars):
             text = "n/a" if h is None else f"{h:.2f}" + (" ★" if b.get("best") and key == "val_acc" else "")
-            ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+            ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height() + e), ha="center",
                         va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+            if h is not None:
+                tops.append(h + e)
     if len(bars) > 5:  # whole labels, wrapped, never cut: bars must be told apart by what differs
         ax.set_xticks(xs, [_wrap(str(b["label"]), 28) for b in bars], fontsize=6, rotation=30, ha="right")
     else:
         ax.set_xticks(xs, [_wrap(str(b["label"]), 18) for b in bars], fontsize=7)
-    vals = [v for b in bars for v in (percent(b.get("val_acc")), percent(b.get("test_acc"))) if v is not None]
     # bars start at 0: a cut axis makes a 2-point difference look like a 2x one
-    ax.set_ylim(0.0, min(100.0, max(vals) * 1.08 + 1) if vals else 100.0)
+    ax.set_ylim(0.0, min(105.0 if errors else 100.0, max(tops) * 1.08 + 1) if tops else 100.0)
     ax.set_ylabel("accuracy (%)")
     ax.set_xlabel(axis)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or f"ablation: {axis}")
+    title = title or f"ablation: {axis}"
+    ax.set_title(f"{title}\n({ERROR_BARS})" if errors else title, fontsize=10 if errors else None)
     return _save(fig, path)
 
 

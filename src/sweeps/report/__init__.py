@@ -20,7 +20,7 @@ overrides), ``stats`` (a row's distribution over seeds, Welch's test), ``rows`` 
 (objectives and the Pareto front), ``load`` (a target's runs and study into
 Sweeps), ``labels`` (what tells rows apart, ablation axes), ``tables``
 (markdown), ``figures``, ``build`` (report.md, logged to the parent run) and
-``cli``; ``errorbars`` draws a replicated sweep's figures. MLflow, Optuna and matplotlib are imported where they are used, so
+``cli``. MLflow, Optuna and matplotlib are imported where they are used, so
 that importing the package does not load them.
 """
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from sweeps.report.labels import axis_name, label_keys
 from sweeps.report.ranking import sort_key
 from sweeps.report.rows import Row, Sweep
+from sweeps.report.stats import Dist
 from sweeps.report.tables import replicated
 from sweeps_optuna.contract import COMPLETE
 
@@ -49,14 +50,11 @@ def _sweep_figures(sweep: Sweep, out: Path, prefix: str, axes: dict[str, list[Ro
                    attempt: Callable) -> None:
     """Accuracy against size for the whole sweep, then one bar chart per ablation axis."""
     from sweeps import plots
-    from sweeps.report import errorbars
 
-    reps = replicated(sweep)
-    scatter, bar_chart = (errorbars.accuracy_vs_params, errorbars.axis_bars) if reps else (
-        plots.accuracy_vs_params, plots.axis_bars)
-    caption = f" ({errorbars.CAPTION})" if reps else ""
+    caption = f" ({plots.ERROR_BARS})" if replicated(sweep) else ""
+    scatter, bar_chart = plots.accuracy_vs_params, plots.axis_bars
     points = [{"n_params": r.n_params, "val_acc": r.val_acc, "label": r.label, "state": r.state,
-               "val_err": errorbars.half_ci(r.dist("best_val_acc"))} for r in sweep.rows]
+               "val_err": half_ci(r.dist("best_val_acc"))} for r in sweep.rows]
     attempt("Validation accuracy vs parameter count" + caption, scatter, points,
             out / f"{prefix}val_acc_vs_params.png", sweep.budget,
             f"{sweep.title}: validation accuracy vs parameters")
@@ -67,13 +65,21 @@ def _sweep_figures(sweep: Sweep, out: Path, prefix: str, axes: dict[str, list[Ro
         if not ranked:
             continue
         bars = [{"label": r.label, "val_acc": r.val_acc, "test_acc": r.test_acc, "best": r.best,
-                 "val_err": errorbars.half_ci(r.dist("best_val_acc")),
-                 "test_err": errorbars.half_ci(r.dist("test_acc"))} for r in ranked]
+                 "val_err": half_ci(r.dist("best_val_acc")),
+                 "test_err": half_ci(r.dist("test_acc"))} for r in ranked]
         title = f"Ablation: {axis}" if axes else "Trials by validation accuracy"
         attempt(title + caption, bar_chart,
                 axis if axes else ", ".join(map(axis_name, label_keys(sweep.rows))) or "run",
                 bars, out / f"{prefix}ablation_{slug(axis)}.png",
                 f"{sweep.title}: {axis}" if axes else f"{sweep.title}: top {len(bars)} runs")
+
+
+def half_ci(d: Dist | None) -> float:
+    """The 95% interval's half-width in percent points (the tables' interval), 0 for a single run."""
+    if d is None:
+        return 0.0
+    low, high = d.ci95
+    return 100 * (high - low) / 2
 
 
 def _optuna_figures(sweep: Sweep, out: Path, prefix: str, attempt: Callable) -> None:
