@@ -163,6 +163,8 @@ def client(cfg: DictConfig):
     else:
         with sqlite_schema_lock(db):
             existed = db.is_file()
+            if not existed:
+                _from_template(db)
             try:
                 found = mlflow.MlflowClient()
                 found.search_experiments(max_results=1)
@@ -172,6 +174,41 @@ def client(cfg: DictConfig):
                 raise ConfigError(_unreadable_store(db, e)) from None
     _READY.add(uri)
     return found
+
+
+def _from_template(db: Path) -> None:
+    """Start a new project's store as a copy of an empty one MLflow made once on this machine.
+
+    MLflow builds a new SQLite store by running its whole migration history, several
+    seconds on a small machine, and every new project (and every test's) pays it again;
+    a copy of the result takes milliseconds. The template is made by MLflow itself, per
+    MLflow version, in the user's cache; when it cannot be, MLflow builds the store as
+    before. Its "Default" experiment gets this store's artifact root.
+    """
+    import shutil
+    import sqlite3
+
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeps"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        with sqlite_schema_lock(template):
+            if not template.is_file():
+                scratch = cache / f"{template.stem}.{os.getpid()}.db"
+                scratch.unlink(missing_ok=True)
+                with _quiet("mlflow.store.db.utils"), _quiet("alembic"):
+                    mlflow.MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments(max_results=1)
+                scratch.replace(template)
+        tmp = db.with_suffix(".tmp")
+        shutil.copyfile(template, tmp)
+        with sqlite3.connect(tmp) as conn:
+            conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                         ((db.parent / "artifacts" / "Default").as_uri(),))
+        conn.close()
+        tmp.replace(db)
+    except (OSError, sqlite3.Error) as e:  # a read-only home, a full cache: MLflow builds the store itself
+        log.debug(f"no MLflow store template ({e}); MLflow creates {db}")
 
 
 def _unreadable_store(db: Path, error: Exception) -> str:
