@@ -42,7 +42,7 @@ SITECUSTOMIZE = textwrap.dedent('''
 
     if POINT == "job-opened-its-run":  # the job's MLflow run exists; its trial does not know it yet
         import mlflow
-        after(mlflow, "start_run")
+        after(mlflow.MlflowClient, "create_run", lambda self, *a, **k: "sweeps.trial" in (k.get("tags") or {}))
     elif POINT == "asked-before-owner":  # Optuna made the trial RUNNING; no owner is written yet
         import optuna
         after(optuna.study.Study, "ask")

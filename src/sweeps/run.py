@@ -241,14 +241,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     splits = load_splits(cfg.dataset)
     link = TrialLink.open(cfg)
     keep = str(cfg.trainer.get("keep_checkpoints", "best"))
-    with RunRecorder(cfg, plan.run_name, plan.tags, resume_run_id=plan.resume_id) as rec, \
-            disk_full_is_one_paragraph(cfg, plan.out_dir):
+
+    def opened(rec: RunRecorder) -> None:
         if link is not None:
-            link.record_run(rec.run_id)  # before anything can fail: a reaper finds and closes this run
+            link.record_run(rec.run_id)  # first of all: a reaper finds and closes this run
         run_dir.write(plan.out_dir, plan.identity, rec.run_id)
         if plan.resume_id is None:
             rec.log_params({"n_params": plan.n_params})
             log_config_artifacts(rec, plan.out_dir)
+
+    # The run opens in the background while the model is built and trains (its first epoch's
+    # metrics wait for it): MLflow's import and store cost a single run seconds before its first step.
+    with RunRecorder(cfg, plan.run_name, plan.tags, resume_run_id=plan.resume_id, background=True,
+                     on_open=opened) as rec, disk_full_is_one_paragraph(cfg, plan.out_dir):
         if plan.replicas:
             from sweeps import lockstep
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -263,56 +263,109 @@ def config_params(cfg: DictConfig) -> dict[str, Any]:
 class RunRecorder:
     """One MLflow run around a training; a no-op when tracking is disabled.
 
-    With ``parent_run_id`` it is a replicate's run, a child of its config's run: several
-    are open at once in one process, so everything goes through the client by run id,
-    never through MLflow's one active run.
+    Everything goes through the client by run id, never through MLflow's active run:
+    a replicate's run (``parent_run_id``, a child of its config's run) is one of several
+    open at once in one process, and with ``background=True`` the run is opened in a
+    thread (importing MLflow and opening the store take seconds that the model build
+    and the first epoch can use). ``on_open(recorder)`` runs once the run exists (in
+    that thread); whatever needs the run waits for it, and an error of the opening is
+    raised there, in the training's thread.
     """
 
     def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str] | None = None,
-                 resume_run_id: str | None = None, parent_run_id: str | None = None):
+                 resume_run_id: str | None = None, parent_run_id: str | None = None,
+                 background: bool = False, on_open: Callable[[RunRecorder], None] | None = None):
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags or {})
         self.enabled = bool(cfg.tracking.enabled)
         self.child = parent_run_id is not None
         self.parent_run_id = parent_run_id
+        self.background, self.on_open = background, on_open
         # A resumed training (trainer.resume) reopens its KILLED run, so that
         # its history stays in one place.
-        self.run_id: str | None = resume_run_id
-        self._client = None
+        self._run_id: str | None = resume_run_id
+        self._resume = resume_run_id is not None
+        self._client = self._monitor = self._thread = self._error = None
+
+    @property
+    def run_id(self) -> str | None:
+        self._wait()
+        return self._run_id
 
     def __enter__(self) -> RunRecorder:
         if not self.enabled:
+            if self.on_open is not None:
+                self.on_open(self)
             return self
+        if not self.background:
+            self._open()
+            return self
+        check_reachable(tracking_uri(self.cfg))  # a server that is down: said now, not after an epoch
+        import threading
+
+        self._thread = threading.Thread(target=self._open_in_thread, name="sweeps-mlflow-open", daemon=True)
+        self._thread.start()
+        return self
+
+    def _open_in_thread(self) -> None:
+        try:
+            self._open()
+        except BaseException as e:  # noqa: BLE001 - raised in the training's thread by _wait
+            self._error = e
+
+    def _wait(self) -> None:
+        import threading
+
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():  # on_open runs in it
+            thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _open(self) -> None:
         import mlflow
 
         exp = experiment_id(self.cfg)
         self._client = mlflow.MlflowClient()
-        if self.run_id is not None:
-            if self.child:
-                self._client.update_run(self.run_id, status="RUNNING")
-                tags = self._client.get_run(self.run_id).data.tags
-            else:
-                tags = mlflow.start_run(run_id=self.run_id, log_system_metrics=bool(
-                    self.cfg.tracking.get("system_metrics", False))).data.tags
-            if c.TAG_REASON in tags:  # why it stopped last time: no longer true once it goes on
-                self._client.delete_tag(self.run_id, c.TAG_REASON)
-            self.set_tags(self.tags)
-            return self
-        parent = self.parent_run_id or (self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None)
-        name, tags = named(self.run_name, self.tags)
-        if self.child:
-            run = self._client.create_run(exp, run_name=name, tags=_tags({**tags, "mlflow.parentRunId": parent}))
+        if self._resume:
+            self._client.update_run(self._run_id, status="RUNNING")
+            if c.TAG_REASON in self._client.get_run(self._run_id).data.tags:
+                self._client.delete_tag(self._run_id, c.TAG_REASON)  # why it stopped last time: no longer true
+            self._log_tags(self.tags)
         else:
-            run = mlflow.start_run(experiment_id=exp, run_name=name, tags=_tags(tags), parent_run_id=parent or None,
-                                   log_system_metrics=bool(self.cfg.tracking.get("system_metrics", False)))
-        self.run_id = run.info.run_id
-        self.log_params(config_params(self.cfg))
-        return self
+            from mlflow.tracking.context import registry
+
+            parent = self.parent_run_id or (self.cfg.trial.get("parent_run_id") if "trial" in self.cfg else None)
+            name, tags = named(self.run_name, self.tags)
+            if parent:
+                tags = {**tags, "mlflow.parentRunId": parent}
+            # the source, user and git tags MLflow's start_run adds
+            run = self._client.create_run(exp, run_name=name, tags=registry.resolve_tags(_tags(tags)))
+            self._run_id = run.info.run_id
+            log_params(self._client, self._run_id, config_params(self.cfg))
+        if not self.child and self.cfg.tracking.get("system_metrics", False):
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self._run_id, resume_logging=self._resume)
+            self._monitor.start()
+        if self.on_open is not None:
+            self.on_open(self)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if not self.enabled or self._client is None:
+        if not self.enabled:
+            return False
+        try:
+            self._wait()
+        except BaseException as e:  # noqa: BLE001 - the run never opened: nothing to close
+            if exc_type is None:
+                raise
+            log.warning(f"the MLflow run could not be opened ({type(e).__name__}: {redact(str(e))[:300]})")
+            return False
+        if self._client is None or self._run_id is None:
             return False
         if exc_type is None:
-            self._client.set_tag(self.run_id, c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
+            self._client.set_tag(self._run_id, c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
             self._end("FINISHED")
             return False
         state = state_of(exc)
@@ -320,25 +373,29 @@ class RunRecorder:
         # (MLflow's store would log its traceback), and the next sweep of the study closes what is left open.
         with _quiet("mlflow.store.db.utils"):
             try:
-                self.set_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:c.MAX_TAG]})
+                self._log_tags({c.TAG_STATE: state, c.TAG_REASON: redact(reason_of(exc))[:c.MAX_TAG]})
                 if state == c.FAIL:
-                    self._client.log_text(self.run_id, redact("".join(traceback.format_exception(exc_type, exc, tb))),
+                    self._client.log_text(self._run_id, redact("".join(traceback.format_exception(exc_type, exc, tb))),
                                           "traceback.txt")
             except Exception as e:  # noqa: BLE001
-                log.warning(f"could not record why MLflow run {self.run_id} ended ({type(e).__name__})")
+                log.warning(f"could not record why MLflow run {self._run_id} ended ({type(e).__name__})")
             try:
                 self._end(c.STATUS_OF_STATE[state])
             except Exception as e:  # noqa: BLE001
-                log.warning(f"could not close MLflow run {self.run_id} ({type(e).__name__})")
+                log.warning(f"could not close MLflow run {self._run_id} ({type(e).__name__})")
         return False
 
     def _end(self, status: str) -> None:
-        if self.child:
-            self._client.set_terminated(self.run_id, status)
-        else:
-            import mlflow
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        self._client.set_terminated(self._run_id, status)
 
-            mlflow.end_run(status)
+    def _log_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            self._client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in _tags(tags).items()])
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
@@ -348,23 +405,22 @@ class RunRecorder:
         if self.enabled:
             from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
-            self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0)
-                                                         for k, v in metrics.items()])
+            run_id, now = self.run_id, int(time.time() * 1000)
+            self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled and tags:
-            from mlflow.entities import RunTag
-
-            self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _tags(tags).items()])
+            self._wait()
+            self._log_tags(tags)
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():
+            run_id = self.run_id
             with without_secrets(path) as clean:
                 if clean.is_dir():
-                    self._client.log_artifacts(self.run_id, str(clean), artifact_path)
+                    self._client.log_artifacts(run_id, str(clean), artifact_path)
                 else:
-                    self._client.log_artifact(self.run_id, str(clean), artifact_path)
+                    self._client.log_artifact(run_id, str(clean), artifact_path)
 
 
 @contextmanager
