@@ -227,12 +227,47 @@ def finalize(plan: Plan, rec: RunRecorder, tested: Tested, cfg: DictConfig | Non
     if cfg.tracking.get("log_model"):
         rec.log_artifacts(best_path, "checkpoints")
     if rec.enabled and cfg.tracking.get("log_figures", True):
-        from sweeps.plots import run_figures
+        history, labels, preds = list(result.history), tested.test_labels, tested.test_preds
+        name, classes = run_name or plan.run_name, cfg.dataset.get("classes")
+        n_classes = int(cfg.dataset.num_classes)
 
-        rec.log_artifacts(run_figures(result.history, tested.test_labels, tested.test_preds,
-                                      int(cfg.dataset.num_classes), out_dir / "figures", run_name or plan.run_name,
-                                      class_names=cfg.dataset.get("classes")), "figures")
+        def draw() -> None:
+            from sweeps.plots import run_figures
+
+            rec.log_artifacts(run_figures(history, labels, preds, n_classes, out_dir / "figures", name,
+                                          class_names=classes), "figures")  # the run may have ended: that is fine
+
+        figures_later(draw, rec.run_id)
     return final
+
+
+_figures: Any = None  # concurrent.futures.ThreadPoolExecutor, made on first use
+
+
+def figures_later(draw, run_id: str) -> None:
+    """Draw and log a finished run's figures in one background thread, off the path to the next
+    trial's first step (half a second a trial on a small CPU). One worker: pyplot is not
+    thread-safe. The interpreter waits for it at exit, and a sweep waits at its end
+    (:func:`wait_for_figures`); a kill in between loses that run's PNGs, never its metrics."""
+    global _figures
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _figures is None:
+        _figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeps-figures")
+
+    def job() -> None:
+        try:
+            draw()
+        except Exception as e:  # noqa: BLE001 - figures are a view of what is recorded
+            log.warning(f"could not draw or log the figures of MLflow run {run_id} ({type(e).__name__}: {e})")
+
+    _figures.submit(job)
+
+
+def wait_for_figures() -> None:
+    """Until every figure handed to :func:`figures_later` is drawn and logged."""
+    if _figures is not None:
+        _figures.submit(lambda: None).result()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

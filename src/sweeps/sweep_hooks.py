@@ -205,6 +205,10 @@ class SweepsHooks(SweepHooks):
                 mlflow.set_terminated(r.info.run_id, c.STATUS_OF_STATE[state])
 
     def close_sweep(self, results: dict) -> None:
+        import sys
+
+        if "sweeps.run" in sys.modules:  # in-process trials: their figures are drawn in the background
+            sys.modules["sweeps.run"].wait_for_figures()
         parent = getattr(self, "parent_run_id", None)
         if not self.tracked or not parent:
             return
