@@ -226,3 +226,37 @@ def test_replicate_statistics_are_scipys():
     assert replicates.aggregate("test_loss", xs, "worst") == 0.93
     assert replicates.aggregate("best_val_acc", xs, "mean_minus_std") == pytest.approx(np.mean(xs) - np.std(xs, ddof=1))
     assert replicates.aggregate("best_val_acc", xs, "median") == pytest.approx(np.median(xs))
+
+
+def test_the_report_of_a_replicated_sweep_marks_what_scipy_finds_different(project: Path):
+    """A real replicated sweep, then its report: lr=1e-7 is marked significantly worse than the best
+    row exactly where scipy's Welch test on the replicate runs' metrics says so, and two configs
+    that train identically (they differ only in the evaluation batch size) are not marked different."""
+    import re
+
+    args = [*SWEEP, *QUIET, "hydra/sweeper/sampler=grid", "replicates=3", "trainer.epochs=3",
+            "trainer.limit_train_batches=12", "optim.lr=choice(0.03,0.0000001)", "trainer.eval_batch_size=choice(512,256)"]
+    r = run_module("sweeps.train", args, project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep_dir = next(p.parent for p in (project / "multirun").rglob("optimization_results.yaml"))
+    rep = run_module("sweeps.report", [str(sweep_dir)], project, timeout=240)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    md = (sweep_dir / "report.md").read_text()
+    configs, children = family(project)
+    seeds = {run_id: np.array([x.data.metrics["best_val_acc"] for x in children[run_id]]) for run_id in configs}
+    best = max(seeds, key=lambda k: seeds[k].mean())
+    rows = {line.split("|")[-2].strip().strip("`"): line for line in md.splitlines()
+            if line.startswith("| ") and re.search(r"`[0-9a-f]{32}`", line)}
+    assert set(rows) == set(configs) and all("(n=3)" in line for line in rows.values())
+    for run_id, line in rows.items():
+        lr = float(configs[run_id].data.params["optim.lr"])
+        if run_id == best:
+            continue
+        p = stats.ttest_ind(seeds[run_id], seeds[best], equal_var=False).pvalue
+        worse = "▼" in line.split("|")[-4]  # the Δ validation cell
+        assert worse == (p < 0.05), (lr, p, line)
+        if lr < 1e-6:
+            assert worse, line
+    twins = [k for k in configs if float(configs[k].data.params["optim.lr"]) == 0.03]
+    assert len(twins) == 2 and np.allclose(seeds[twins[0]], seeds[twins[1]])
+    assert all("▲" not in line for line in rows.values()) and all("▼" not in rows[k].split("|")[-4] for k in twins)
