@@ -19,6 +19,19 @@ dense bf16 peak, then the speed ratio, and finally the per-trial overhead of a
 mini sweep run in one process (end of one trial to the end of the next one's
 first step, with the in-process dataset cache). Machine-readable lines start
 with ``result``, ``ratio`` and ``sweep``.
+
+``--fused`` times replicates instead (issue 19): K seeds of one config at one
+batch size (128 by default), K in ``--replicates`` (1 2 4 8), three ways in one
+invocation, each on the device pipeline with every replicate's own loader:
+
+* fused: the K models as one ``sweeps.fused`` model, one step for all K;
+* sequential: K single runs one after another in this process;
+* concurrent: K processes at once on the same device (on the CPU each gets
+  its share of this process's threads, as the cores are shared).
+
+Images/s are summed over replicates (K x steps x batch / wall time); peak GPU
+memory is the fused process's, the largest single run's, and the sum over the
+concurrent processes. Lines start with ``fused``; ``fused_ratio`` compares.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from sweeps.data.batch_augment import BatchAugment
 from sweeps.data.datasets import load_splits
 from sweeps.data.device_loader import DeviceLoader
 from sweeps.engine import build_optimizer
+from sweeps.fused import FusedModel, NotFusable, fuse
 from sweeps.models import build_model, count_parameters
 from sweeps.paths import CONF_DIR
 
@@ -245,6 +259,142 @@ def mini_sweep(cfg, device, trials: int, steps: int, batch_size: int):
     return overheads, data_times, first_steps
 
 
+def replicate_batches(cfg, splits, device, batch_size: int, k: int):
+    """Each replicate's own endless stream of augmented batches (its seed, its generator)."""
+    cuda = device.type == "cuda"
+    return [itertools.chain.from_iterable(itertools.repeat(
+        DeviceLoader(splits.train, BatchAugment(cfg.augment, cfg.dataset), batch_size, device, seed,
+                     channels_last=cuda))) for seed in range(k)]
+
+
+def fused_run(cfg, splits, device, batch_size: int, k: int, steps: int, warmup: int, compile_model: bool):
+    """Images/s (summed over the K replicates) and peak memory of K replicates fused into one model."""
+    cuda = device.type == "cuda"
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg).to(device).train())
+    c, size = int(cfg.dataset.channels), int(cfg.dataset.image_size)
+    model = fuse(models, (c, size, size))
+    del models
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model.compile()
+    optimizer = build_optimizer(cfg, model)
+    amp = torch.bfloat16 if cuda else None
+    streams = replicate_batches(cfg, splits, device, batch_size, k)
+
+    def step():
+        xs, ys = zip(*(next(s) for s in streams))
+        x, y = FusedModel.stack(xs), torch.stack(ys)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)
+            # each replicate's own mean loss, summed: each gradient is its replicate's alone
+            loss = F.cross_entropy(logits.float().reshape(k * len(ys[0]), -1), y.reshape(-1),
+                                   reduction="none").view(k, -1).mean(1).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    elapsed = time.perf_counter() - start
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"the fused benchmark's training loss is {loss.item()}")
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    return steps * k * batch_size / elapsed, peak_mem  # its models and loaders go with this frame
+
+
+def _concurrent_worker(args, device_type: str, batch_size: int, steps: int, warmup: int, threads: int,
+                       barrier, results) -> None:
+    """One of K processes: warm up, wait for the others, then time its steps (wall-clock stamps)."""
+    try:
+        torch.set_num_threads(threads)
+        device = torch.device(device_type)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        cfg = compose(args)
+        splits = load_splits(cfg.dataset)
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device).train()
+        cuda = device.type == "cuda"
+        if cuda:
+            model = model.to(memory_format=torch.channels_last)
+        step = make_step(model, build_optimizer(cfg, model), device, torch.bfloat16 if cuda else None)
+        batches = replicate_batches(cfg, splits, device, batch_size, 1)[0]
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(warmup):
+            step(*next(batches))
+        sync(device)
+        barrier.wait()
+        start = time.time()
+        for _ in range(steps):
+            step(*next(batches))
+        sync(device)
+        end = time.time()
+        results.put((start, end, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None, None))
+    except BaseException as e:  # the parent reports it; a broken barrier frees the others
+        barrier.abort()
+        results.put((None, None, None, f"{type(e).__name__}: {e}"))
+
+
+def concurrent_run(args, device, batch_size: int, k: int, steps: int, warmup: int):
+    """K single runs as K processes at once: images/s over the span from the first start to the last end."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    barrier, results = ctx.Barrier(k), ctx.Queue()
+    threads = max(1, torch.get_num_threads() // k)
+    procs = [ctx.Process(target=_concurrent_worker, args=(args, device.type, batch_size, steps, warmup, threads,
+                                                           barrier, results)) for _ in range(k)]
+    for proc in procs:
+        proc.start()
+    got = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    errors = [g[3] for g in got if g[3]]
+    if errors:
+        raise RuntimeError(f"a concurrent benchmark process failed: {errors[0]}")
+    span = max(g[1] for g in got) - min(g[0] for g in got)
+    mems = [g[2] for g in got]
+    return k * steps * batch_size / span, (sum(mems) if all(m is not None for m in mems) else None)
+
+
+def fused_benchmark(args, cfg, device, steps: int, warmup: int) -> int:
+    splits = load_splits(cfg.dataset)
+    bs = args.fused_batch_size
+    for k in args.replicates:
+        try:
+            fused = fused_run(cfg, splits, device, bs, k, steps, warmup, args.compile)
+        except NotFusable as e:
+            print(f"error: this model cannot fuse: {e.reason}", file=sys.stderr)
+            return 2
+        gc.collect()
+        runs = [timed_run(cfg, splits, device, bs, steps, warmup, True, args.workers, args.compile,
+                          args.compile_backend) for _ in range(k)]
+        sequential = (k / sum(1 / ips for ips, _ in runs),
+                      max((m for _, m in runs if m is not None), default=None))
+        concurrent = concurrent_run(args, device, bs, k, steps, warmup)
+        rates = {}
+        for mode, (ips, mem) in (("fused", fused), ("sequential", sequential), ("concurrent", concurrent)):
+            rates[mode] = ips
+            print(f"fused K={k} bs={bs} mode={mode} images_per_s={ips:.5g} peak_mem_gib={fmt(mem, '.2f')} "
+                  f"steps={steps}")
+        print(f"fused_ratio K={k} bs={bs} vs_sequential={rates['fused'] / rates['sequential']:.2f} "
+              f"vs_concurrent={rates['fused'] / rates['concurrent']:.2f}")
+    return 0
+
+
 def fmt(v, spec=".3g"):
     return "n/a" if v is None else format(v, spec)
 
@@ -269,6 +419,10 @@ def main(argv=None) -> int:
                    help="torch.compile backend with --compile (eager: Dynamo alone, for a quick CPU check)")
     p.add_argument("--pipelines", nargs="+", choices=["ours", "reference"], default=["ours", "reference"],
                    help="which trainings to time (the ratio line needs both)")
+    p.add_argument("--fused", action="store_true",
+                   help="time K replicates fused / sequential / concurrent instead (see above)")
+    p.add_argument("--replicates", type=int, nargs="+", default=[1, 2, 4, 8], help="K values with --fused")
+    p.add_argument("--fused-batch-size", type=int, default=128, help="per-replicate batch size with --fused")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. dataset.train_size=5000")
     args = p.parse_args(argv)
 
@@ -293,6 +447,8 @@ def main(argv=None) -> int:
     print(f"model resnet18_trunc params={n_params} dataset={args.dataset} augment={args.augment} "
           f"gflop_per_image_fwd_bwd={flops / 1e9:.4f}")
     print(f"device {device.type} ({what}) peak_bf16_tflops={fmt(peak, '.0f')} torch={torch.__version__}")
+    if args.fused:
+        return fused_benchmark(args, cfg, device, steps, warmup)
 
     t0 = time.perf_counter()
     splits = load_splits(cfg.dataset)

@@ -47,3 +47,25 @@ def test_throughput_benchmark_cpu(tmp_path):
     assert sweep["trials"] == "3"
     for key in ("overhead_s_mean", "overhead_s_max", "first_trial_overhead_s", "data_s_mean", "first_step_s_mean"):
         assert float(sweep[key]) > 0, (key, sweep)
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_fused_cpu(tmp_path):
+    """--fused: fused, sequential and concurrent figures for every K, and their ratios (a tiny model)."""
+    cmd = [sys.executable, str(SCRIPT), "--fused", "--device", "cpu", "--steps", "1", "--warmup", "0",
+           "--replicates", "1", "2", "--fused-batch-size", "4", "--data-root", str(tmp_path / "data"),
+           "--override", "dataset.train_size=200", "dataset.test_size=50", "model.channels=[8,16]",
+           "model.blocks=[1,1]", "model.stem_channels=8", "model.head=[16]"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = proc.stdout
+    assert proc.returncode == 0, (out + proc.stderr)[-3000:]
+    lines = out.splitlines()
+    rows = [fields(l) for l in lines if l.startswith("fused ")]
+    assert {(r["K"], r["mode"]) for r in rows} == {(k, m) for k in ("1", "2")
+                                                   for m in ("fused", "sequential", "concurrent")}
+    for r in rows:
+        assert float(r["images_per_s"]) > 0 and r["peak_mem_gib"] == "n/a" and r["bs"] == "4", r
+    ratios = [fields(l) for l in lines if l.startswith("fused_ratio ")]
+    assert [r["K"] for r in ratios] == ["1", "2"]
+    assert all(float(r["vs_sequential"]) > 0 and float(r["vs_concurrent"]) > 0 for r in ratios)
+
