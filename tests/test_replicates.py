@@ -260,3 +260,56 @@ def test_the_report_of_a_replicated_sweep_marks_what_scipy_finds_different(proje
     twins = [k for k in configs if float(configs[k].data.params["optim.lr"]) == 0.03]
     assert len(twins) == 2 and np.allclose(seeds[twins[0]], seeds[twins[1]])
     assert all("▲" not in line for line in rows.values()) and all("▼" not in rows[k].split("|")[-4] for k in twins)
+
+
+def test_fused_replicates_train_as_the_unfused_ones(project: Path):
+    """trainer.fuse_replicates=true (on the CPU here; auto fuses on CUDA): one fused model, each
+    replicate still its own run, tagged fused, with the unfused run's per-epoch losses (float
+    reordering only) and a best.pt that loads into the plain model."""
+    import mlflow
+    import torch
+
+    from sweeps.models import build_model
+
+    base = [*TINY, *QUIET, "replicates=3", "trainer.epochs=3"]
+    fused = run_module("sweeps.train", [*base, "trainer.fuse_replicates=true", "tracking.experiment=fused",
+                                         f"hydra.run.dir={project / 'fused'}"], project)
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    assert "3 replicates fused into 1 model(s)" in fused.stdout
+    alone = run_module("sweeps.train", [*base, "trainer.fuse_replicates=false", "tracking.experiment=alone"], project)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    by_exp = {}
+    for r in mlflow_runs(project):
+        if "sweeps.replicate" in r.data.tags:
+            name = client.get_experiment(r.info.experiment_id).name
+            by_exp.setdefault(name, {})[r.data.tags["sweeps.replicate_seed"]] = r
+    assert sorted(by_exp["fused"]) == sorted(by_exp["alone"]) == ["0", "1", "2"]
+    for seed, run in by_exp["fused"].items():
+        assert run.data.tags.get("sweeps.fused") == "true" and "sweeps.fused" not in by_exp["alone"][seed].data.tags
+        for metric in ("train_loss", "val_loss"):
+            ours = [m.value for m in client.get_metric_history(run.info.run_id, metric)]
+            theirs = [m.value for m in client.get_metric_history(by_exp["alone"][seed].info.run_id, metric)]
+            assert len(ours) == 3 and ours == pytest.approx(theirs, rel=1e-4, abs=1e-5), (seed, metric)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(project / "fused" / ".hydra" / "config.yaml")
+    plain = build_model(cfg)
+    plain.load_state_dict(torch.load(project / "fused" / "replicate_1" / "best.pt", weights_only=True), strict=True)
+
+
+def test_a_model_that_cannot_fuse_is_refused_when_fusing_is_required(project: Path):
+    tiny = [a for a in TINY if not a.startswith("model.")]
+    r = run_module("sweeps.train", [*tiny, "model=resnet20", "replicates=2", "trainer.fuse_replicates=true"], project)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "cannot train as one fused model" in r.stderr and "PadShortcut" in r.stderr
+    assert "trainer.fuse_replicates=auto" in r.stderr
+    assert not (project / "mlruns").exists()
+
+
+@pytest.mark.gpu
+def test_auto_falls_back_with_one_line_where_the_model_cannot_fuse(project: Path):
+    tiny = [a for a in TINY if not a.startswith("model.")]
+    r = run_module("sweeps.train", [*tiny, "model=resnet20", "replicates=2", "trainer.device=cuda"], project)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "replicates trained one after another, not fused:" in r.stdout and "PadShortcut" in r.stdout

@@ -27,7 +27,8 @@ KEEP_CHECKPOINTS = ("best", "all", "none")
 # that share a study.
 NOT_EXPERIMENT = ("hydra", "trial", "tracking", "paths")
 # Trainer keys that change how fast or how visibly a run trains, not its result.
-RUNTIME_ONLY = ("trainer.progress", "trainer.resume", "trainer.num_workers", "trainer.device", "trainer.compile")
+RUNTIME_ONLY = ("trainer.progress", "trainer.resume", "trainer.num_workers", "trainer.device", "trainer.compile",
+                "trainer.fuse_replicates", "trainer.fuse_max")
 
 
 def is_experiment_key(key: str) -> bool:
@@ -117,6 +118,12 @@ def validate(cfg: DictConfig) -> None:
     _require(keep in KEEP_CHECKPOINTS, f"trainer.keep_checkpoints={keep!r} is not one of "
              f"{', '.join(KEEP_CHECKPOINTS)}: best keeps a finished run's best.pt, all keeps last.pt too, none keeps "
              "neither.")
+    fuse = OmegaConf.select(cfg, "trainer.fuse_replicates", default="auto")
+    _require(fuse in ("auto", True, False), f"trainer.fuse_replicates={fuse!r} is not auto, true or false: auto fuses "
+             "a config's replicates into one model on CUDA when the model can, true always (or refuses), false never.")
+    fuse_max = _number(cfg, "trainer.fuse_max", int)
+    _require(fuse_max is None or fuse_max >= 1, f"trainer.fuse_max={fuse_max} must be >= 1 (replicates in one fused "
+             "model), or null for all of them.")
     _warn_schedule(cfg, epochs)
     from sweeps import replicates
 

@@ -151,22 +151,29 @@ class FusedTraining:
         return [(m.result, m.best_state) for m in self.members]
 
     def _batches(self, iters: dict[int, Any], active: list[int]):
-        """One step's batch of every replicate, each drawn with its own stream as the global one."""
+        """One step's batch of every replicate, each drawn with its own stream as the global one.
+
+        At the end of an epoch every iterator is asked once more, as an unfused loop asks its own:
+        a capped epoch (``trainer.limit_train_batches``) draws one batch beyond the cap before it
+        stops, and that draw moves the loader's generator, so skipping it for some replicates
+        would shift their next epoch's data and augmentation."""
         saved = torch.get_rng_state()
-        out = {}
+        out, ended = {}, []
         try:
             for i in active:
                 torch.set_rng_state(self.cpu_gens[i].get_state())
                 try:
                     out[i] = next(iters[i])
+                except StopIteration:
+                    ended.append(i)
                 finally:
                     self.cpu_gens[i].set_state(torch.get_rng_state())
-        except StopIteration:
-            if out:
-                raise RuntimeError("the replicates' epochs ended after different numbers of batches") from None
-            return None
         finally:
             torch.set_rng_state(saved)
+        if ended:
+            if len(ended) != len(active):
+                raise RuntimeError("the replicates' epochs ended after different numbers of batches")
+            return None
         return out
 
     def _stack(self, batch: dict[int, tuple], active: list[int]):

@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from sweeps import checkpoint, replicates, run_dir
+from sweeps.errors import ConfigError
 from sweeps.engine import EpochMetrics
 from sweeps.run import Fitting, Plan, finalize, guard_memory, start_fitting, test_fitting
 from sweeps.tracking import RunRecorder
@@ -35,6 +36,7 @@ from sweeps_optuna.contract import TAG_REPLICATE, TAG_REPLICATE_OF, TAG_REPLICAT
 log = logging.getLogger("sweeps.train")
 
 FINAL = "final.json"
+TAG_FUSED = "sweeps.fused"  # "true" on a replicate's run that trained in a fused model
 TAG_KEY = "sweeps.replicate_key"  # Replica.key: where a re-run trial finds an interrupted one's finished replicates
 
 
@@ -188,6 +190,58 @@ def mean_epoch(replicas: list[Replica], epoch: int) -> EpochMetrics:
     return EpochMetrics(epoch=epoch, **fields)
 
 
+def fusing(plan: Plan) -> bool:
+    """Whether to try fusing (``trainer.fuse_replicates``): auto on CUDA, true anywhere."""
+    fuse = plan.cfg.trainer.get("fuse_replicates", "auto")
+    return fuse is True or (fuse == "auto" and plan.device.type == "cuda")
+
+
+def refuse_unfusable(plan: Plan) -> None:
+    """``trainer.fuse_replicates=true`` with a model that cannot fuse: one paragraph, before anything
+    is recorded (two replicates' models built on the CPU and fused, untrained)."""
+    if plan.cfg.trainer.get("fuse_replicates", "auto") is not True:
+        return
+    from sweeps.fused import NotFusable, fuse
+    from sweeps.models import build_model
+
+    ds = plan.cfg.dataset
+    try:
+        fuse([build_model(r.cfg) for r in plan.replicas[:2]], (int(ds.channels), int(ds.image_size),
+                                                                int(ds.image_size)))
+    except NotFusable as e:
+        raise ConfigError(_not_fused(e)) from None
+
+
+def _not_fused(e: Exception) -> str:
+    return (f"trainer.fuse_replicates=true, but this config's replicates cannot train as one fused model: {e}. "
+            "Nothing was trained. Use trainer.fuse_replicates=auto to train them one after another instead.")
+
+
+def _fuse(plan: Plan, replicas: list[Replica]) -> list[tuple[Any, list[Replica]]]:
+    """(FusedTraining, its replicas) per fused model of ``trainer.fuse_max`` replicates; [] with the
+    line that says why when they cannot fuse (``trainer.fuse_replicates=true``: a ConfigError)."""
+    if len(replicas) < 2 or not fusing(plan):
+        return []
+    from sweeps.fused import NotFusable
+    from sweeps.fused_training import FusedTraining
+
+    size = int(plan.cfg.trainer.get("fuse_max") or len(replicas))
+    groups = [g for g in (replicas[i:i + size] for i in range(0, len(replicas), size)) if len(g) > 1]
+    try:
+        fused = [(FusedTraining(plan.cfg, [r.fitting.training for r in g], [r.rng for r in g],
+                                labels=[r.label for r in g]), g) for g in groups]
+    except NotFusable as e:
+        if plan.cfg.trainer.get("fuse_replicates") is True:
+            raise ConfigError(_not_fused(e)) from None
+        log.info(f"replicates trained one after another, not fused: {e}")
+        return []
+    for _, group in fused:
+        for r in group:
+            r.rec.set_tags({TAG_FUSED: "true"})
+    log.info(f"{sum(len(g) for _, g in fused)} replicates fused into {len(fused)} model(s)")
+    return fused
+
+
 def train(plan: Plan, parent: RunRecorder, link: TrialLink | None, splits: Any) -> dict[str, float]:
     """Every replicate not finished yet, in step; the config's aggregates, logged to ``parent``."""
     cfg, keep = plan.cfg, str(plan.cfg.trainer.get("keep_checkpoints", "best"))
@@ -205,10 +259,18 @@ def train(plan: Plan, parent: RunRecorder, link: TrialLink | None, splits: Any) 
         epoch = min(r.fitting.training.result.epochs_run for r in todo) if todo else 0
         for r in [r for r in todo if r.fitting.training.done]:
             _finish(plan, r, keep)  # resumed after its last epoch, before its test
+        fused = _fuse(plan, [r for r in todo if r.fitting is not None])
+        alone = [r for r in todo if not any(r in group for _, group in fused)]
         while any(r.fitting is not None for r in todo):
             epoch += 1
             training = [r for r in todo if r.fitting is not None and r.fitting.training.result.epochs_run < epoch]
-            for r in training:
+            for model, group in fused:
+                if not model.done:
+                    started = time.perf_counter()
+                    model.epoch()  # writes each member's epoch into its Training
+                    for r, state in zip(group, model.rng_states()):
+                        r.rng, r.trained_s = state, r.trained_s + time.perf_counter() - started
+            for r in [r for r in training if r in alone]:
                 _epoch(plan, r)
             if prune is not None:
                 prune(mean_epoch(todo, epoch), None)

@@ -117,6 +117,7 @@ def prepare(cfg: DictConfig) -> Plan:
         from sweeps import lockstep
 
         plan.replicas = lockstep.plan_replicas(plan)  # each replicate's directory is checked as the run's is
+        lockstep.refuse_unfusable(plan)
     return plan
 
 
@@ -195,13 +196,16 @@ def _out_of_memory(plan: Plan, amp: torch.dtype | None) -> OutOfMemory:
     t = plan.cfg.trainer
     name = OmegaConf.select(HydraConfig.get(), "runtime.choices.model", default=None) or plan.cfg.model.get("_target_")
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
-    replicas = f", {len(plan.seeds)} replicates in step" if len(plan.seeds) > 1 else ""
+    fused = len(plan.seeds) > 1 and plan.cfg.trainer.get("fuse_replicates", "auto") is not False \
+        and (plan.device.type == "cuda" or plan.cfg.trainer.get("fuse_replicates") is True)
+    replicas = (f", {len(plan.seeds)} replicates {'fused' if fused else 'in step'}" if len(plan.seeds) > 1 else "")
     return OutOfMemory(
         f"out of {plan.device.type.upper()} memory training model={name} ({plan.n_params:,} parameters) at "
         f"trainer.batch_size={t.batch_size} (trainer.eval_batch_size={t.eval_batch_size}, {precision}{replicas}); "
         "lower trainer.batch_size (or trainer.eval_batch_size if it failed while evaluating), "
         "or use trainer.precision=bf16 on a GPU that supports it"
-        + (", or train fewer replicates at once (lower replicates)." if replicas else "."))
+        + (", or fuse fewer replicates into one model (e.g. trainer.fuse_max=4 trains K in passes of 4)." if fused
+           else ", or train fewer replicates at once (lower replicates)." if replicas else "."))
 
 
 def finalize(plan: Plan, rec: RunRecorder, tested: Tested, cfg: DictConfig | None = None,
