@@ -309,6 +309,10 @@ def test_a_model_that_cannot_fuse_is_refused_when_fusing_is_required(project: Pa
 
 @pytest.mark.gpu
 def test_auto_falls_back_with_one_line_where_the_model_cannot_fuse(project: Path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     tiny = [a for a in TINY if not a.startswith("model.")]
     r = run_module("sweeps.train", [*tiny, "model=resnet20", "replicates=2", "trainer.device=cuda"], project)
     assert r.returncode == 0, r.stderr[-2000:]
