@@ -99,12 +99,12 @@ included; the full ``mlflow`` wheel, 12 MiB of UI, is not needed);
 ``pytest`` needs all of them (tests/test_faults.py imports mlflow: without it
 that file is a collection error and the other GPU tests still run).
 
-The fused benchmark's contract (for whoever builds it): ``benchmarks/fused.py
---device DEV --replicates 1 2 4 8`` (plus ``--quick`` in a quick run), or
-``benchmarks/throughput.py --device DEV --fused 1 2 4 8 --trials 0
---data-batches 0``; either prints one line per K, ``fused k=K
-images_per_s=X sequential_images_per_s=Y speedup=S`` (S: X over the
-throughput of K trainings one after another).
+The fused benchmark is ``benchmarks/throughput.py --device DEV --fused
+--replicates 1 2 4 8 --trials 0``: for each K a ``fused K=.. mode=..
+images_per_s=.. peak_mem_gib=..`` line per mode (fused, sequential,
+concurrent) and ``fused_ratio K=.. vs_sequential=.. vs_concurrent=..``
+(``benchmarks/fused.py``, if one is added, takes precedence with one ``fused
+k=K images_per_s=X sequential_images_per_s=Y speedup=S`` line per K).
 
 Before spending a device on it: ``python benchmarks/gpu_check.py --device cpu
 --quick --out /tmp/gpu_check`` runs the same steps tiny on the CPU (a tiny

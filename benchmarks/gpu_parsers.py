@@ -134,10 +134,23 @@ def parse_junit(path: Path) -> list[dict]:
 
 
 def parse_fused(out: str) -> list[dict]:
-    """The fused benchmark's ``fused k=K ...`` lines, numbers as numbers."""
-    rows = []
+    """One row per K from throughput.py --fused: ``fused K=.. mode=.. images_per_s=.. peak_mem_gib=..``
+    for each mode and ``fused_ratio K=.. vs_sequential=.. vs_concurrent=..``; or a fused.py's
+    ``fused k=K images_per_s=.. sequential_images_per_s=.. speedup=..`` line."""
+    rows: dict[int, dict] = {}
     for line in out.splitlines():
-        if line.startswith("fused "):
-            f = fields(line)
-            rows.append({k: (int(v) if k == "k" else num(v) if num(v) is not None else v) for k, v in f.items()})
-    return rows
+        if not line.startswith(("fused ", "fused_ratio ")):
+            continue
+        f = fields(line)
+        k = int(f.get("K", f.get("k", 0)))
+        row = rows.setdefault(k, {"k": k})
+        mode = f.get("mode")
+        if line.startswith("fused_ratio "):
+            row["speedup"], row["vs_concurrent"] = num(f.get("vs_sequential")), num(f.get("vs_concurrent"))
+        elif mode is None:  # fused.py's one line per K
+            row.update({key: (num(v) if num(v) is not None else v) for key, v in f.items() if key != "k"})
+        else:
+            key = "images_per_s" if mode == "fused" else f"{mode}_images_per_s"
+            row[key] = num(f.get("images_per_s"))
+            row["peak_mem_gib" if mode == "fused" else f"{mode}_peak_mem_gib"] = num(f.get("peak_mem_gib"))
+    return [rows[k] for k in sorted(rows)]

@@ -293,7 +293,7 @@ def step_fused(check, rec, limit):
     if FUSED.is_file():
         cmd = python(FUSED, "--device", check.device, "--replicates", *ks, *(["--quick"] if check.quick else []))
     elif re.search(r"""["']--fused["']""", THROUGHPUT.read_text()):
-        cmd = throughput_cmd(check, "--fused", *ks, "--trials", "0", "--data-batches", "0")
+        cmd = throughput_cmd(check, "--fused", "--replicates", *ks, "--trials", "0")
     else:
         rec.update(status="not available",
                    reason="no fused-replicates benchmark yet (no benchmarks/fused.py, no --fused in throughput.py)")
