@@ -2,6 +2,7 @@
 
     python benchmarks/pruning.py                               # 16 trials x 8 epochs, seeds 0 1 2
     python benchmarks/pruning.py --pruners none hyperband --seeds 0 1 2 3 4
+    python benchmarks/pruning.py --pruners none successive_halving:min_resource=2,reduction_factor=3
     python benchmarks/pruning.py --quick                        # the suite's tiny run
 
 Each run is a real ``python -m sweeps.train`` sweep in a fresh folder: the tiny
@@ -44,8 +45,10 @@ def epochs_trained(root: Path) -> int:
 def sweep(pruner: str, seed: int, trials: int, epochs: int, extra: list[str]) -> dict:
     import optuna
 
-    with tempfile.TemporaryDirectory(prefix=f"pruning_{pruner}_{seed}_") as tmp:
-        args = ["--multirun", "hydra/sweeper=sweeps_optuna", f"hydra/sweeper/pruner={pruner}",
+    name, _, settings = pruner.partition(":")  # e.g. successive_halving:min_resource=2,reduction_factor=3
+    chosen = [f"hydra.sweeper.pruner.{kv}" for kv in settings.split(",") if kv]
+    with tempfile.TemporaryDirectory(prefix=f"pruning_{name}_{seed}_") as tmp:
+        args = ["--multirun", "hydra/sweeper=sweeps_optuna", f"hydra/sweeper/pruner={name}", *chosen,
                 "hydra.sweeper.n_jobs=1", f"hydra.sweeper.n_trials={trials}", "hydra/sweeper/sampler=tpe",
                 f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.max_failure_rate=1.0",
                 "optim.lr=tag(log, interval(1e-4, 1.0))", f"trainer.epochs={epochs}", *MODEL, *extra]
@@ -65,7 +68,8 @@ def sweep(pruner: str, seed: int, trials: int, epochs: int, extra: list[str]) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pruners", nargs="+", default=["none", "median", "successive_halving", "hyperband"])
+    ap.add_argument("--pruners", nargs="+", default=["none", "median", "successive_halving", "hyperband"],
+                    help="conf names of hydra/sweeper/pruner, each optionally with :key=value,... settings")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=8)
