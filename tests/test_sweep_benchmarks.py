@@ -18,7 +18,7 @@ def _run(script: str, *args: str, cwd: Path) -> list[dict]:
                           timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return [(line.split(" ", 1)[0], json.loads(line.split(" ", 1)[1])) for line in proc.stdout.splitlines()
-            if line.startswith(("overhead {", "phase {", "pruning {"))]
+            if line.startswith(("overhead {", "phase {", "pruning {", "first_step {"))]
 
 
 def test_sweep_overhead_quick(tmp_path):
@@ -43,3 +43,10 @@ def test_pruning_quick(tmp_path):
     assert none["epochs"] == 4 and none["pruned"] == 0  # no pruner: every trial trains its 2 epochs
     verdict = [r for kind, r in lines if kind == "pruning" and "recommended" in r]
     assert verdict and verdict[0]["tolerance_pp"] == 0.5
+
+
+def test_first_step_once(tmp_path):
+    lines = _run("first_step.py", "--repeats", "1", cwd=tmp_path)
+    cases = {r["case"]: r for kind, r in lines if kind == "first_step"}
+    assert set(cases) == {"tracking", "no tracking", "imports only"}, cases
+    assert all(len(r["runs"]) == 1 and r["median_s"] > 0 for r in cases.values()), cases
