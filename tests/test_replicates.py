@@ -100,19 +100,25 @@ KILL_AFTER_FIRST = textwrap.dedent('''
 ''')
 
 
-def test_an_interrupted_config_resumes_only_its_unfinished_replicates(project: Path):
-    """SIGTERM right after replicate 0 finished; `trainer.resume=true` in the same directory finishes
-    replicates 1 and 2 from their last.pt and leaves replicate 0's run as it was."""
+def killed_after_first_replicate(project: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m sweeps.train args``, SIGTERMed by its own sitecustomize right after its first replicate finished."""
     hook = project / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_AFTER_FIRST)
-    out = project / "run"
-    args = [*TINY, *QUIET, "replicates=3", f"hydra.run.dir={out}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPS_OPTUNA_STORAGE")}
     env.update(PYTHONPATH=os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]), SWEEPS_TEST_ONCE=str(project / "once"))
     killed = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=project, env=env, capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == 130, killed.stderr[-3000:]
+    return killed
+
+
+def test_an_interrupted_config_resumes_only_its_unfinished_replicates(project: Path):
+    """SIGTERM right after replicate 0 finished; `trainer.resume=true` in the same directory finishes
+    replicates 1 and 2 from their last.pt and leaves replicate 0's run as it was."""
+    out = project / "run"
+    args = [*TINY, *QUIET, "replicates=3", f"hydra.run.dir={out}"]
+    killed = killed_after_first_replicate(project, args)
     configs, children = family(project)
     (config_id, config), = configs.items()
     assert config.info.status == "KILLED"
@@ -137,15 +143,8 @@ def test_an_interrupted_config_resumes_only_its_unfinished_replicates(project: P
 def test_a_sweep_re_running_an_interrupted_trial_adopts_its_finished_replicates(project: Path):
     """A sweep SIGTERMed right after trial 0's first replicate finished; the same command again runs
     the re-queued trial, which takes that replicate's run as it is and trains the other two."""
-    hook = project / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_AFTER_FIRST)
     args = [*SWEEP, *QUIET, "hydra/sweeper/sampler=grid", "optim.lr=choice(0.01)", "replicates=3"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPS_OPTUNA_STORAGE")}
-    env.update(PYTHONPATH=os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]), SWEEPS_TEST_ONCE=str(project / "once"))
-    killed = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=project, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert killed.returncode == 130, killed.stderr[-3000:]
+    killed_after_first_replicate(project, args)
     configs, children = family(project)
     (old_id, _), = configs.items()
     first = children[old_id][0]
