@@ -206,7 +206,12 @@ def _from_template(db: Path) -> None:
             conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                          ((db.parent / "artifacts" / "Default").as_uri(),))
         conn.close()
-        tmp.replace(db)
+        try:
+            os.link(tmp, db)  # never over a store that appeared meanwhile (another tool opened it): that one stays
+        finally:
+            tmp.unlink(missing_ok=True)
+    except FileExistsError:
+        pass
     except (OSError, sqlite3.Error) as e:  # a read-only home, a full cache: MLflow builds the store itself
         log.debug(f"no MLflow store template ({e}); MLflow creates {db}")
 
