@@ -7,8 +7,10 @@ A run opens its MLflow record in a background thread while the model is built
 and trains, so recording should cost the first epoch (almost) nothing: the
 seconds from the process's start to its first epoch's log line with
 ``tracking.enabled=true`` against ``false`` say how much it still costs, and
-``import`` (a process that only imports what a run imports, MLflow included)
-says what the imports alone take. Each run is a fresh process in a fresh
+``imports only`` (a process that only imports what a run needs before its
+first step: torch, Hydra, the trainer) says what the imports alone take. The
+epoch's line is logged before its metrics go to MLflow, so it marks when the
+epoch was trained, not when the run's record caught up. Each run is a fresh process in a fresh
 folder whose MLflow store exists already (a project's usual state). Lines for
 machines start with ``first_step``.
 """
@@ -31,7 +33,7 @@ TINY = ["dataset=digits", "model.channels=[8,16]", "model.blocks=[1,1]", "model.
         "model.head=[]", "trainer.batch_size=64", "trainer.epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_eval_batches=2", "trainer.progress=false", "tracking.log_figures=false",
         "tracking.log_model=false"]
-IMPORTS = "import sweeps.run, sweeps.lockstep, mlflow, optuna"
+IMPORTS = "import sweeps.run"  # what a run needs before its first step (MLflow: in the background)
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[sweeps\.train\]\[INFO\] - epoch 1:", re.M)
 
 
