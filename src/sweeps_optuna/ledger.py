@@ -58,13 +58,16 @@ class Tally:
         return self.counted + len(self.running) < n_trials
 
 
-def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: dict) -> Optional[optuna.trial.Trial]:
+def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: dict,
+        tally: Optional[Tally] = None) -> Optional[optuna.trial.Trial]:
     """A new trial owned by ``owner`` (rule 1 is the caller's); None when it turned out surplus, or
     when the sampler raised while sampling it (then it is FAIL with the sampler's error: a missing
-    package, a bug, a search space it cannot handle), so no trial stays RUNNING for it."""
+    package, a bug, a search space it cannot handle), so no trial stays RUNNING for it. ``tally``:
+    the study as read just before asking, which settles rule 2 without another read while the
+    study is far from full (see :func:`claim`)."""
     trial = study.ask()
     study._storage.set_trial_user_attr(trial._trial_id, OWNER, owner)
-    if not claim(study, trial, n_trials):
+    if not claim(study, trial, n_trials, tally):
         return None
     try:
         for name, dist in fixed_distributions.items():
@@ -84,9 +87,11 @@ def fail(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
     log.warning(f"trial {trial.number} FAIL: {reason}")
 
 
-def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool:
+def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int, tally: Optional[Tally] = None) -> bool:
     """Rule 2: keep a just-asked trial, or mark it surplus (FAIL, never launched) when the
     counted-or-running trials numbered below it already make ``n_trials``."""
+    if tally is not None and _most_ahead(tally, trial.number) < n_trials:
+        return True  # cannot be surplus: spare the storage a read of every trial
     storage = study._storage
     ahead = sum(1 for t in storage.get_all_trials(study._study_id, deepcopy=False,
                                                   states=(TrialState.COMPLETE, TrialState.PRUNED,
@@ -97,6 +102,19 @@ def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool
     storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
     tell_state(study, trial, TrialState.FAIL)
     return False
+
+
+def _most_ahead(tally: Tally, number: int) -> int:
+    """The most counted-or-running trials that can be numbered below ``number``, given the study's
+    trials as read before it was asked (``tally``).
+
+    A trial read then as counted stays counted, a RUNNING or WAITING one may
+    become counted or running, an uncounted FAIL stays uncounted; every trial
+    made after the read (by any process) is numbered between the read ones
+    and ``number``. So this bounds what :func:`claim` would count, exactly.
+    """
+    waiting = sum(1 for t in tally.trials if t.state == TrialState.WAITING)
+    return tally.counted + len(tally.running) + waiting + max(0, number - len(tally.trials))
 
 
 def tell_state(study: optuna.Study, trial: optuna.trial.Trial, state: TrialState,

@@ -256,7 +256,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 if tally.counted < n_trials and self._wait_for_ownerless(tally):
                     continue
                 return 0  # the rest run in other processes: results.finish names them
-            trial = ledger.ask(study, n_trials, self.dists, this_process())
+            trial = ledger.ask(study, n_trials, self.dists, this_process(), tally)
             if trial is None:
                 continue  # surplus: another process filled the study first
             self.current = trial
