@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 
 from . import budget, ledger, results, search_space, study as studies, workers
+from .compose import ComposeOnce
 from .contract import FAIL_REASON, Interrupted, UserError, is_counted
 from .hooks import Outcome, SweepHooks, TrialLink, load_hooks
 from .liveness import has_owner, is_stale, owner_text, ownerless_grace, this_process
@@ -83,7 +84,8 @@ class SweepsOptunaSweeperImpl(Sweeper):
         redact_logs()
         # ${hydra:...} interpolations (e.g. paths under hydra.runtime.cwd) resolve in the sweep process too.
         HydraConfig.instance().set_config(config)
-        self.config_loader = hydra_context.config_loader
+        self.config_loader = ComposeOnce(hydra_context.config_loader)
+        hydra_context = HydraContext(config_loader=self.config_loader, callbacks=hydra_context.callbacks)
         # The launcher logs each job's overrides again, with the trial's link (study, storage):
         # the sweeper's own "trial N: ..." line says what the trial is.
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
@@ -95,6 +97,10 @@ class SweepsOptunaSweeperImpl(Sweeper):
 
     def compose(self, overrides: List[str]) -> DictConfig:
         return self.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def compose_job(self, overrides: List[str]) -> DictConfig:
+        """A job's config before launch; the launcher gets this one instead of composing it again."""
+        return self.config_loader.compose_for_launch(self.config, overrides)
 
     # ------------------------------------------------------------------ settings
 
@@ -186,7 +192,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
         except UserError as e:
             _refuse(e)
         self.runner = TrialRunner(self.study, self.hooks, self.launcher, self.compose, self.fixed, self.link,
-                                  self.heartbeat_interval, self.custom_search_space, cfg)
+                                  self.heartbeat_interval, self.custom_search_space, cfg, self.compose_job)
         Interrupted.on_sigterm()
         code = 0
         try:

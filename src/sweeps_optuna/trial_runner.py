@@ -61,8 +61,10 @@ class TrialRunner:
 
     def __init__(self, study: optuna.Study, hooks: SweepHooks, launcher: Any, compose: Callable[[List[str]], DictConfig],
                  fixed: dict, link: Callable[[int], TrialLink], heartbeat_interval: Optional[float],
-                 custom_search_space: Optional[Callable] = None, config: Optional[DictConfig] = None):
+                 custom_search_space: Optional[Callable] = None, config: Optional[DictConfig] = None,
+                 compose_job: Optional[Callable[[List[str]], DictConfig]] = None):
         self.study, self.hooks, self.launcher, self.compose = study, hooks, launcher, compose
+        self.compose_job = compose_job or compose  # the job's config for the budget, which its launch reuses
         self.fixed, self.link, self.heartbeat_interval = fixed, link, heartbeat_interval
         self.custom_search_space, self.config = custom_search_space, config
         self.n_objectives = len(study.directions)
@@ -78,11 +80,11 @@ class TrialRunner:
             return
         trial.set_user_attr(OVERRIDES, overrides)
         run_name = ",".join(overrides) or "defaults"
-        if not self._fits(trial, overrides, run_name):
-            return
         link = self._link(trial)
         job = tuple(overrides + [f"{k}={quote(v) if isinstance(v, str) else v}"
                                  for k, v in self.hooks.job_overrides(link).items()])
+        if not self._fits(trial, list(job), run_name):
+            return
         log.info(f"trial {trial.number}: {' '.join(overrides[:len(trial.params)]) or 'the fixed overrides only'}")
         self._pin_submitit_local_gpus()
         try:
@@ -102,12 +104,12 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ before launch
 
-    def _fits(self, trial: optuna.trial.Trial, overrides: List[str], run_name: str) -> bool:
-        """Compose the trial's config and count its model; False when it must not run."""
+    def _fits(self, trial: optuna.trial.Trial, job: List[str], run_name: str) -> bool:
+        """Compose the job's config (its launch reuses it) and count its model; False when it must not run."""
         if not self.hooks.counts_params:
             return True
         try:
-            cfg = self.compose(overrides)
+            cfg = self.compose_job(job)
             n_params, limit = self.hooks.count_params(cfg), self.hooks.max_params(cfg)
         except Exception as e:  # noqa: BLE001 - a point of the space that does not build
             reason = f"the config cannot be built: {e}"
