@@ -43,6 +43,7 @@ from .contract import FAIL_REASON, Interrupted, UserError, is_counted
 from .hooks import Outcome, SweepHooks, TrialLink, load_hooks
 from .liveness import has_owner, is_stale, owner_text, ownerless_grace, this_process
 from .storage import default_storage_url, redact, redact_logs, storage_errors
+from .storage import share as share_storage
 from .trial_runner import TrialRunner, safe_storage_reference
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 name, self.storage_url, sampler, pruner, directions,
                 studies.signature(self.dists, self.fixed, ignores), chosen, self.allow_study_changes)
             name = self.study.study_name
+            share_storage(self.storage_url, self.study._storage)  # the in-process jobs' link to their trials
             role = f"worker {self.worker_index}" if self.is_worker else "sweep"
             done = self.done_at_start = sum(is_counted(t) for t in self.study.get_trials(deepcopy=False))
             log.info(f"[{role}] study '{name}' in {redact(self.storage_url)}: {done}/{self.n_trials_total} trials "
