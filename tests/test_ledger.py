@@ -259,6 +259,29 @@ def frozen_with(owner=None, started_s_ago=0.0) -> optuna.trial.FrozenTrial:
     return t
 
 
+@pytest.mark.parametrize("interval", [None, 60])
+def test_a_trials_first_attrs_are_written_while_its_job_runs_and_there_when_it_ends(tmp_path, interval):
+    study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask(SPACE)
+    with liveness.Heartbeat(study._storage, trial._trial_id, interval,
+                            first={contract.OVERRIDES: ["x=0.5"], contract.N_PARAMS: 7}):
+        pass  # the job
+    attrs = study._storage.get_trial(trial._trial_id).user_attrs
+    assert attrs[contract.OVERRIDES] == ["x=0.5"] and attrs[contract.N_PARAMS] == 7
+
+
+def test_a_storage_error_writing_the_first_attrs_is_raised_when_the_job_ends(tmp_path):
+    study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask(SPACE)
+    study.tell(trial, 0.5)  # a finished trial cannot be written: the storage refuses
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        with liveness.Heartbeat(study._storage, trial._trial_id, None, first={contract.OVERRIDES: ["x=0.5"]}):
+            pass
+    with pytest.raises(KeyError):  # the job's own error is the one that surfaces
+        with liveness.Heartbeat(study._storage, trial._trial_id, None, first={contract.OVERRIDES: ["x=0.5"]}):
+            raise KeyError("the job's")
+
+
 def test_same_host_owners_are_judged_by_their_process():
     assert not liveness.is_stale(frozen_with(me()), 60)
     assert liveness.is_stale(frozen_with(dead_owner()), 60)

@@ -78,17 +78,17 @@ class TrialRunner:
         except Exception as e:  # noqa: BLE001 - the user's search space code, or a clash of keys
             self.fail(trial, f"{type(e).__name__}: {e}")
             return
-        trial.set_user_attr(OVERRIDES, overrides)
+        attrs = {OVERRIDES: overrides}  # written while the job starts (Heartbeat), or before a refusal
         run_name = ",".join(overrides) or "defaults"
         link = self._link(trial)
         job = tuple(overrides + [f"{k}={quote(v) if isinstance(v, str) else v}"
                                  for k, v in self.hooks.job_overrides(link).items()])
-        if not self._fits(trial, list(job), run_name):
+        if not self._fits(trial, list(job), run_name, attrs):
             return
         log.info(f"trial {trial.number}: {' '.join(overrides[:len(trial.params)]) or 'the fixed overrides only'}")
         self._pin_submitit_local_gpus()
         try:
-            with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval):
+            with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval, first=attrs):
                 ret = self.launcher.launch([job], initial_job_idx=trial.number)[0]
         except SystemExit as e:
             self.fail(trial, f"the job called sys.exit({e.code})")
@@ -104,8 +104,9 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ before launch
 
-    def _fits(self, trial: optuna.trial.Trial, job: List[str], run_name: str) -> bool:
-        """Compose the job's config (its launch reuses it) and count its model; False when it must not run."""
+    def _fits(self, trial: optuna.trial.Trial, job: List[str], run_name: str, attrs: dict) -> bool:
+        """Compose the job's config (its launch reuses it) and count its model into ``attrs``; False when it
+        must not run (then ``attrs`` are written here)."""
         if not self.hooks.counts_params:
             return True
         try:
@@ -113,22 +114,29 @@ class TrialRunner:
             n_params, limit = self.hooks.count_params(cfg), self.hooks.max_params(cfg)
         except Exception as e:  # noqa: BLE001 - a point of the space that does not build
             reason = f"the config cannot be built: {e}"
+            self._write(trial, attrs)
             self._record(trial, None, FAIL, reason, run_name)
             self.fail(trial, reason)
             return False
-        trial.set_user_attr(N_PARAMS, n_params)
+        attrs[N_PARAMS] = n_params
         if limit is None:
             return True
         trial.set_constraint("n_params_over_budget", float(n_params - limit))  # TPE, NSGA-II, GP read it
         if n_params <= limit:
             return True
         reason = f"{n_params:,} parameters, over budget.max_params={limit:,}; not trained"
+        self._write(trial, attrs)
         trial.set_user_attr(INFEASIBLE, True)
         trial.set_user_attr(REASON, reason)
         self._record(trial, cfg, INFEASIBLE_STATE, reason, run_name, n_params)
         tell_state(self.study, trial, TrialState.PRUNED)
         log.info(f"trial {trial.number} INFEASIBLE: {run_name}: {reason}")
         return False
+
+    @staticmethod
+    def _write(trial: optuna.trial.Trial, attrs: dict) -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
     def _pin_submitit_local_gpus(self) -> None:
         """Keep a worker's GPU for its submitit_local jobs.
