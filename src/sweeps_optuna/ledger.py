@@ -36,6 +36,19 @@ from .liveness import owner_text
 
 log = logging.getLogger(__name__)
 
+try:  # study.tell's own body (Optuna >= 3), which returns nothing
+    from optuna.study._tell import _tell_with_warning as _optuna_tell
+except ImportError:  # pragma: no cover - a future Optuna without it: the public tell
+    _optuna_tell = None
+
+
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, values: Optional[List[float]], state: TrialState) -> None:
+    if _optuna_tell is None:
+        study.tell(trial, values=values, state=state)
+    else:
+        _optuna_tell(study=study, trial=trial, value_or_values=values, state=state)
+
+
 MAX_REASON = 2000  # characters of a reason kept in a trial's user attrs
 
 
@@ -124,9 +137,13 @@ def tell_state(study: optuna.Study, trial: optuna.trial.Trial, state: TrialState
     The grid sampler does for re-enqueued trials (KeyError 'grid_id') and calls
     ``study.stop()`` outside ``optimize()`` (RuntimeError); the trial is told all
     the same, which is what matters here.
+
+    It is ``study.tell`` without its last step, a fresh read of the told trial
+    (six queries on an RDB storage) that only builds the copy it returns, which
+    nobody here reads: that read is on the path between two trials.
     """
     try:
-        study.tell(trial, values=values, state=state)
+        _tell(study, trial, values=values, state=state)
     except Exception:
         if not study._storage.get_trial(trial._trial_id).state.is_finished():
             raise
