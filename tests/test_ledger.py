@@ -263,22 +263,25 @@ def frozen_with(owner=None, started_s_ago=0.0) -> optuna.trial.FrozenTrial:
 def test_a_trials_first_attrs_are_written_while_its_job_runs_and_there_when_it_ends(tmp_path, interval):
     study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
     trial = study.ask(SPACE)
-    with liveness.Heartbeat(study._storage, trial._trial_id, interval,
-                            first={contract.OVERRIDES: ["x=0.5"], contract.N_PARAMS: 7}):
+    first = [lambda: trial.set_user_attr(contract.OVERRIDES, ["x=0.5"]),
+             lambda: trial.set_user_attr(contract.N_PARAMS, 7), lambda: trial.set_constraint("c", -1.0)]
+    with liveness.Heartbeat(study._storage, trial._trial_id, interval, first=first):
         pass  # the job
-    attrs = study._storage.get_trial(trial._trial_id).user_attrs
-    assert attrs[contract.OVERRIDES] == ["x=0.5"] and attrs[contract.N_PARAMS] == 7
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.user_attrs[contract.OVERRIDES] == ["x=0.5"] and stored.user_attrs[contract.N_PARAMS] == 7
+    assert stored.system_attrs["constraints:c"] == -1.0
 
 
 def test_a_storage_error_writing_the_first_attrs_is_raised_when_the_job_ends(tmp_path):
     study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
     trial = study.ask(SPACE)
     study.tell(trial, 0.5)  # a finished trial cannot be written: the storage refuses
+    first = [lambda: study._storage.set_trial_user_attr(trial._trial_id, contract.OVERRIDES, ["x=0.5"])]
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        with liveness.Heartbeat(study._storage, trial._trial_id, None, first={contract.OVERRIDES: ["x=0.5"]}):
+        with liveness.Heartbeat(study._storage, trial._trial_id, None, first=first):
             pass
     with pytest.raises(KeyError):  # the job's own error is the one that surfaces
-        with liveness.Heartbeat(study._storage, trial._trial_id, None, first={contract.OVERRIDES: ["x=0.5"]}):
+        with liveness.Heartbeat(study._storage, trial._trial_id, None, first=first):
             raise KeyError("the job's")
 
 

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from optuna.trial import FrozenTrial
 
@@ -105,20 +105,20 @@ def is_stale(t: FrozenTrial, interval: Optional[float], now: Optional[float] = N
 class Heartbeat:
     """Rewrites a running trial's owner record every ``interval`` seconds, in a thread.
 
-    ``first``: user attrs of the trial that only its records read (its overrides,
-    its model size), written by the thread as the job starts instead of before it:
-    each storage write is milliseconds on the sweep's critical path between two
-    trials. They are in the storage when the block ends (before the trial is
-    told); a storage error writing them is raised there, as it would have been
-    before the launch.
+    ``first``: writes to the trial that only its records and later trials read
+    (its overrides, its model size, its constraint), made by the thread as the job
+    starts instead of before it: each storage write is milliseconds (an fsync on
+    SQLite) on the sweep's critical path between two trials. They are done when
+    the block ends (before the trial is told); a storage error in them is raised
+    there, as it would have been before the launch.
     """
 
     FIRST_WAIT_S = 300  # beyond any storage's own lock or connection timeout
 
     def __init__(self, storage: Any, trial_id: int, interval: Optional[float],
-                 first: Optional[Dict[str, Any]] = None):
+                 first: Sequence[Callable[[], Any]] = ()):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self.first = dict(first or {})
+        self.first = list(first)
         self.stop = threading.Event()
         self.written = threading.Event()
         self.error: Optional[BaseException] = None
@@ -134,8 +134,8 @@ class Heartbeat:
 
     def _write_first(self) -> None:
         try:
-            for key, value in self.first.items():
-                self.storage.set_trial_user_attr(self.trial_id, key, value)
+            for write in self.first:
+                write()
         except BaseException as e:  # noqa: BLE001 - raised in the sweep's thread at __exit__
             self.error = e
         finally:

@@ -17,6 +17,7 @@ itself, is recorded by the hooks all the same, so each trial is a run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -83,12 +84,14 @@ class TrialRunner:
         link = self._link(trial)
         job = tuple(overrides + [f"{k}={quote(v) if isinstance(v, str) else v}"
                                  for k, v in self.hooks.job_overrides(link).items()])
-        if not self._fits(trial, list(job), run_name, attrs):
+        later: List[Callable[[], Any]] = []  # other writes the job need not wait for
+        if not self._fits(trial, list(job), run_name, attrs, later):
             return
+        later[:0] = [functools.partial(trial.set_user_attr, k, v) for k, v in attrs.items()]
         log.info(f"trial {trial.number}: {' '.join(overrides[:len(trial.params)]) or 'the fixed overrides only'}")
         self._pin_submitit_local_gpus()
         try:
-            with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval, first=attrs):
+            with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval, first=later):
                 ret = self.launcher.launch([job], initial_job_idx=trial.number)[0]
         except SystemExit as e:
             self.fail(trial, f"the job called sys.exit({e.code})")
@@ -104,9 +107,10 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ before launch
 
-    def _fits(self, trial: optuna.trial.Trial, job: List[str], run_name: str, attrs: dict) -> bool:
-        """Compose the job's config (its launch reuses it) and count its model into ``attrs``; False when it
-        must not run (then ``attrs`` are written here)."""
+    def _fits(self, trial: optuna.trial.Trial, job: List[str], run_name: str, attrs: dict,
+              later: List[Callable[[], Any]]) -> bool:
+        """Compose the job's config (its launch reuses it) and count its model into ``attrs``, its constraint
+        into ``later``; False when it must not run (then all is written here)."""
         if not self.hooks.counts_params:
             return True
         try:
@@ -121,9 +125,11 @@ class TrialRunner:
         attrs[N_PARAMS] = n_params
         if limit is None:
             return True
-        trial.set_constraint("n_params_over_budget", float(n_params - limit))  # TPE, NSGA-II, GP read it
-        if n_params <= limit:
+        constraint = functools.partial(trial.set_constraint, "n_params_over_budget", float(n_params - limit))
+        if n_params <= limit:  # TPE, NSGA-II and GP read it when they sample the trials after this one
+            later.append(constraint)
             return True
+        constraint()
         reason = f"{n_params:,} parameters, over budget.max_params={limit:,}; not trained"
         self._write(trial, attrs)
         trial.set_user_attr(INFEASIBLE, True)
