@@ -16,7 +16,8 @@ plugin pins optuna<3, so it needs a venv of its own (``--stock-python``):
 
 Then ``--train`` times a real ``python -m sweeps.train`` sweep of the tiny
 digits model (in-process trials) from its log: per trial, the sweeper's time
-between trials, the job's time outside training and testing, and training.
+between trials (the trial's config is composed there, once, for its budget
+check and its launch), the job's time outside training and testing, and training.
 
 Machine-readable lines start with ``overhead`` and ``phase``.
 """
@@ -192,8 +193,8 @@ def train_phases(n: int) -> None:
     fit = [trained[k] for k in numbers]
     print(f"\nA sweeps.train sweep of {len(numbers)} tiny digits trials (2 epochs, in-process), medians per trial:")
     print("| phase | s |\n|---|---|")
-    for name, values in (("sweeper, between trials (tell, reap, ask, compose, launch)", between),
-                         ("job outside its timed run (config, MLflow run, data, records)", job),
+    for name, values in (("sweeper, between trials (tell, reap, ask, compose, count, launch)", between),
+                         ("job outside its timed run (MLflow run, data, records)", job),
                          ("the job's timed run (model, training, test, figures)", fit)):
         value = statistics.median(values) if values else float("nan")
         print(f"| {name} | {value:.2f} |")

@@ -109,3 +109,20 @@ def test_every_sweep_config_is_a_multirun_of_our_sweeper_with_the_apps_hooks(com
     assert hooks.directions() == expected
     if "grid" in sweeper.sampler._target_.lower():
         assert cfg.hydra.runtime.choices.model == "trunc_l3_pool8"
+
+
+def test_the_sweeps_parameter_count_builds_each_distinct_model_once(composer, monkeypatch):
+    from sweeps import models
+    from sweeps.sweep_hooks import SweepsHooks
+
+    built = []
+    real = models.model_size
+    monkeypatch.setattr(models, "model_size", lambda cfg: built.append(cfg) or real(cfg))
+    hooks = SweepsHooks()
+    tiny = ["dataset=digits", "model.channels=[8,16]", "model.blocks=[1,1]", "model.stem_channels=8", "model.head=[]"]
+    first = hooks.count_params(composer(tiny + ["optim.lr=0.1"]))
+    assert hooks.count_params(composer(tiny + ["optim.lr=0.01"])) == first and len(built) == 1  # same model
+    wider = hooks.count_params(composer(tiny[:1] + ["model.channels=[8,32]"] + tiny[2:]))
+    assert wider > first and len(built) == 2
+    assert hooks.count_params(composer(tiny[1:] + ["dataset=cifar100"])) > first and len(built) == 3  # 100 classes
+    assert [real(cfg) for cfg in built] == [first, wider, hooks.count_params(built[2])]

@@ -97,7 +97,8 @@ def test_two_processes_asking_for_the_last_slot_at_once_leave_exactly_one(tmp_pa
     assert tally.counted + len(tally.running) == 2 and [t.number for t in tally.running] == [first.number]
 
 
-def test_processes_sharing_a_study_run_exactly_n_trials(tmp_path):
+@pytest.mark.parametrize("read_before", [True, False], ids=["claim-from-tally", "claim-reads"])
+def test_processes_sharing_a_study_run_exactly_n_trials(tmp_path, read_before):
     """Three handles on one SQLite study take turns asking, running and telling, one of them
     dying mid-trial once: the study ends with exactly n_trials counted, the dead trial's point re-run."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -111,7 +112,7 @@ def test_processes_sharing_a_study_run_exactly_n_trials(tmp_path):
             if not tally.running:
                 break
             continue
-        trial = ledger.ask(study, n_trials, SPACE, me())
+        trial = ledger.ask(study, n_trials, SPACE, me(), tally if read_before else None)
         if trial is None:
             continue
         if killed is None and step == 4:  # this "process" dies: its trial stays RUNNING with a dead owner
@@ -127,6 +128,46 @@ def test_processes_sharing_a_study_run_exactly_n_trials(tmp_path):
     assert dead.state == TrialState.FAIL and dead.user_attrs[contract.INTERRUPTED] is True
     assert [t.params["x"] for t in done].count(killed.params["x"]) == 1  # its point ran again, once
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.parametrize("others", [0, 1, 2, 3])
+@pytest.mark.parametrize("n_trials", [2, 3, 4, 5, 6])
+def test_a_claim_from_the_read_before_asking_decides_as_a_fresh_read_would(tmp_path, n_trials, others):
+    """Between this process's read and its ask, other processes ask trials of their own and pop a
+    queued one: keeping or refusing the trial from the earlier read is what a fresh read decides."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    a = new_study(url)
+    b = optuna.load_study(study_name="s", storage=url)
+    finished(a, TrialState.COMPLETE, 0.1)
+    finished(a, TrialState.FAIL, interrupted=True)
+    a.enqueue_trial({"x": 0.5})
+    before = ledger.Tally.of(a)
+    for _ in range(others):
+        b.ask(SPACE)  # the first takes the queued trial, the next ones are new
+    trial = a.ask(SPACE)
+    quick = ledger._most_ahead(before, trial.number) < n_trials
+    fresh = ledger.claim(a, trial, n_trials)  # what reading every trial now decides
+    assert fresh or not quick  # the earlier read never keeps a trial a fresh one refuses
+    # and it keeps it without a read while far from full: 1 counted + the queued one + the others' new ones
+    assert quick == (n_trials > 2 + max(0, others - 1))
+
+
+def test_a_claim_far_from_full_needs_no_read_and_near_full_reads(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = new_study(url)
+    reads = []
+    real = study._storage.get_all_trials
+    study._storage.get_all_trials = lambda *a, **k: reads.append(k.get("states")) or real(*a, **k)
+    tally = ledger.Tally.of(study)
+    reads.clear()
+    assert ledger.ask(study, 5, SPACE, me(), tally) is not None
+    assert reads == [(TrialState.WAITING,)]  # only Optuna's own look for a queued trial
+    other = optuna.load_study(study_name="s", storage=url)
+    tally = ledger.Tally.of(study)
+    other.ask(SPACE)  # another process took the last slot meanwhile
+    reads.clear()
+    assert ledger.ask(study, 2, SPACE, me(), tally) is None  # the bound says "maybe full": it reads, and is surplus
+    assert len(reads) == 2
 
 
 # --------------------------------------------------------------------------- reap and recover
@@ -216,6 +257,32 @@ def frozen_with(owner=None, started_s_ago=0.0) -> optuna.trial.FrozenTrial:
 
         t.datetime_start = datetime.now() - timedelta(seconds=started_s_ago)
     return t
+
+
+@pytest.mark.parametrize("interval", [None, 60])
+def test_a_trials_first_attrs_are_written_while_its_job_runs_and_there_when_it_ends(tmp_path, interval):
+    study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask(SPACE)
+    first = [lambda: trial.set_user_attr(contract.OVERRIDES, ["x=0.5"]),
+             lambda: trial.set_user_attr(contract.N_PARAMS, 7), lambda: trial.set_constraint("c", -1.0)]
+    with liveness.Heartbeat(study._storage, trial._trial_id, interval, first=first):
+        pass  # the job
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.user_attrs[contract.OVERRIDES] == ["x=0.5"] and stored.user_attrs[contract.N_PARAMS] == 7
+    assert stored.system_attrs["constraints:c"] == -1.0
+
+
+def test_a_storage_error_writing_the_first_attrs_is_raised_when_the_job_ends(tmp_path):
+    study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask(SPACE)
+    study.tell(trial, 0.5)  # a finished trial cannot be written: the storage refuses
+    first = [lambda: study._storage.set_trial_user_attr(trial._trial_id, contract.OVERRIDES, ["x=0.5"])]
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        with liveness.Heartbeat(study._storage, trial._trial_id, None, first=first):
+            pass
+    with pytest.raises(KeyError):  # the job's own error is the one that surfaces
+        with liveness.Heartbeat(study._storage, trial._trial_id, None, first=first):
+            raise KeyError("the job's")
 
 
 def test_same_host_owners_are_judged_by_their_process():

@@ -193,6 +193,9 @@ def test_over_budget_points_are_never_trained(tmp_path: Path):
     assert small.state.name == "COMPLETE"
     assert big.state.name == "PRUNED" and big.user_attrs["infeasible"] is True
     assert big.user_attrs["n_params"] > 20000 and "budget" in big.user_attrs["reason"]
+    # the samplers' constraint, written before launch for a refused trial and while the job runs for a trained one
+    assert big.system_attrs["constraints:n_params_over_budget"] > 0
+    assert small.system_attrs["constraints:n_params_over_budget"] < 0 and small.user_attrs["n_params"] < 20000
     assert bad.state.name == "FAIL" and bad.user_attrs["fail_reason"]
     by_trial = {int(x.data.tags["sweeps.trial"]): x for x in runs(tmp_path, "budget") if "sweeps.trial" in x.data.tags}
     refused = by_trial[big.number]

@@ -9,6 +9,9 @@ as ``trial.*`` overrides (:mod:`sweeps.sweep_hooks`). Through them the job
 * reports each epoch's value to the pruner and stops when told. The pruner
   comes from the sweeper's own config (``hydra.sweeper.pruner``), which every
   job can read, because pruners are not stored with the study.
+
+A job run in the sweep's own process (Hydra's basic launcher) reaches the
+study through the sweep's open storage rather than a new one per trial.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class TrialLink:
         from hydra.core.hydra_config import HydraConfig
         from hydra.utils import instantiate
 
-        from sweeps_optuna.storage import open_storage
+        from sweeps_optuna.storage import open_shared
 
         pruner = optuna.pruners.NopPruner()
         if HydraConfig.initialized():
@@ -45,7 +48,7 @@ class TrialLink:
             pruner_cfg = sweeper.get("pruner") if "pruner" in sweeper else None
             if pruner_cfg:
                 pruner = instantiate(pruner_cfg)
-        study = optuna.load_study(study_name=cfg.trial.study, storage=open_storage(cfg.trial.storage), pruner=pruner)
+        study = optuna.load_study(study_name=cfg.trial.study, storage=open_shared(cfg.trial.storage), pruner=pruner)
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(cfg.trial.number))
         return cls(study, optuna.trial.Trial(study, trial_id))
 

@@ -36,6 +36,19 @@ from .liveness import owner_text
 
 log = logging.getLogger(__name__)
 
+try:  # study.tell's own body (Optuna >= 3), which returns nothing
+    from optuna.study._tell import _tell_with_warning as _optuna_tell
+except ImportError:  # pragma: no cover - a future Optuna without it: the public tell
+    _optuna_tell = None
+
+
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, values: Optional[List[float]], state: TrialState) -> None:
+    if _optuna_tell is None:
+        study.tell(trial, values=values, state=state)
+    else:
+        _optuna_tell(study=study, trial=trial, value_or_values=values, state=state)
+
+
 MAX_REASON = 2000  # characters of a reason kept in a trial's user attrs
 
 
@@ -58,13 +71,16 @@ class Tally:
         return self.counted + len(self.running) < n_trials
 
 
-def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: dict) -> Optional[optuna.trial.Trial]:
+def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: dict,
+        tally: Optional[Tally] = None) -> Optional[optuna.trial.Trial]:
     """A new trial owned by ``owner`` (rule 1 is the caller's); None when it turned out surplus, or
     when the sampler raised while sampling it (then it is FAIL with the sampler's error: a missing
-    package, a bug, a search space it cannot handle), so no trial stays RUNNING for it."""
+    package, a bug, a search space it cannot handle), so no trial stays RUNNING for it. ``tally``:
+    the study as read just before asking, which settles rule 2 without another read while the
+    study is far from full (see :func:`claim`)."""
     trial = study.ask()
     study._storage.set_trial_user_attr(trial._trial_id, OWNER, owner)
-    if not claim(study, trial, n_trials):
+    if not claim(study, trial, n_trials, tally):
         return None
     try:
         for name, dist in fixed_distributions.items():
@@ -84,9 +100,11 @@ def fail(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
     log.warning(f"trial {trial.number} FAIL: {reason}")
 
 
-def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool:
+def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int, tally: Optional[Tally] = None) -> bool:
     """Rule 2: keep a just-asked trial, or mark it surplus (FAIL, never launched) when the
     counted-or-running trials numbered below it already make ``n_trials``."""
+    if tally is not None and _most_ahead(tally, trial.number) < n_trials:
+        return True  # cannot be surplus: spare the storage a read of every trial
     storage = study._storage
     ahead = sum(1 for t in storage.get_all_trials(study._study_id, deepcopy=False,
                                                   states=(TrialState.COMPLETE, TrialState.PRUNED,
@@ -99,6 +117,19 @@ def claim(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool
     return False
 
 
+def _most_ahead(tally: Tally, number: int) -> int:
+    """The most counted-or-running trials that can be numbered below ``number``, given the study's
+    trials as read before it was asked (``tally``).
+
+    A trial read then as counted stays counted, a RUNNING or WAITING one may
+    become counted or running, an uncounted FAIL stays uncounted; every trial
+    made after the read (by any process) is numbered between the read ones
+    and ``number``. So this bounds what :func:`claim` would count, exactly.
+    """
+    waiting = sum(1 for t in tally.trials if t.state == TrialState.WAITING)
+    return tally.counted + len(tally.running) + waiting + max(0, number - len(tally.trials))
+
+
 def tell_state(study: optuna.Study, trial: optuna.trial.Trial, state: TrialState,
                values: Optional[List[float]] = None) -> None:
     """``study.tell``, tolerating a sampler whose ``after_trial`` raises once the state is stored.
@@ -106,9 +137,13 @@ def tell_state(study: optuna.Study, trial: optuna.trial.Trial, state: TrialState
     The grid sampler does for re-enqueued trials (KeyError 'grid_id') and calls
     ``study.stop()`` outside ``optimize()`` (RuntimeError); the trial is told all
     the same, which is what matters here.
+
+    It is ``study.tell`` without its last step, a fresh read of the told trial
+    (six queries on an RDB storage) that only builds the copy it returns, which
+    nobody here reads: that read is on the path between two trials.
     """
     try:
-        study.tell(trial, values=values, state=state)
+        _tell(study, trial, values=values, state=state)
     except Exception:
         if not study._storage.get_trial(trial._trial_id).state.is_finished():
             raise

@@ -38,10 +38,12 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial
 
 from . import budget, ledger, results, search_space, study as studies, workers
+from .compose import ComposeOnce
 from .contract import FAIL_REASON, Interrupted, UserError, is_counted
 from .hooks import Outcome, SweepHooks, TrialLink, load_hooks
 from .liveness import has_owner, is_stale, owner_text, ownerless_grace, this_process
 from .storage import default_storage_url, redact, redact_logs, storage_errors
+from .storage import share as share_storage
 from .trial_runner import TrialRunner, safe_storage_reference
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ class SweepsOptunaSweeperImpl(Sweeper):
         redact_logs()
         # ${hydra:...} interpolations (e.g. paths under hydra.runtime.cwd) resolve in the sweep process too.
         HydraConfig.instance().set_config(config)
-        self.config_loader = hydra_context.config_loader
+        self.config_loader = ComposeOnce(hydra_context.config_loader)
+        hydra_context = HydraContext(config_loader=self.config_loader, callbacks=hydra_context.callbacks)
         # The launcher logs each job's overrides again, with the trial's link (study, storage):
         # the sweeper's own "trial N: ..." line says what the trial is.
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
@@ -95,6 +98,10 @@ class SweepsOptunaSweeperImpl(Sweeper):
 
     def compose(self, overrides: List[str]) -> DictConfig:
         return self.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def compose_job(self, overrides: List[str]) -> DictConfig:
+        """A job's config before launch; the launcher gets this one instead of composing it again."""
+        return self.config_loader.compose_for_launch(self.config, overrides)
 
     # ------------------------------------------------------------------ settings
 
@@ -175,6 +182,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 name, self.storage_url, sampler, pruner, directions,
                 studies.signature(self.dists, self.fixed, ignores), chosen, self.allow_study_changes)
             name = self.study.study_name
+            share_storage(self.storage_url, self.study._storage)  # the in-process jobs' link to their trials
             role = f"worker {self.worker_index}" if self.is_worker else "sweep"
             done = self.done_at_start = sum(is_counted(t) for t in self.study.get_trials(deepcopy=False))
             log.info(f"[{role}] study '{name}' in {redact(self.storage_url)}: {done}/{self.n_trials_total} trials "
@@ -186,7 +194,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
         except UserError as e:
             _refuse(e)
         self.runner = TrialRunner(self.study, self.hooks, self.launcher, self.compose, self.fixed, self.link,
-                                  self.heartbeat_interval, self.custom_search_space, cfg)
+                                  self.heartbeat_interval, self.custom_search_space, cfg, self.compose_job)
         Interrupted.on_sigterm()
         code = 0
         try:
@@ -256,7 +264,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
                 if tally.counted < n_trials and self._wait_for_ownerless(tally):
                     continue
                 return 0  # the rest run in other processes: results.finish names them
-            trial = ledger.ask(study, n_trials, self.dists, this_process())
+            trial = ledger.ask(study, n_trials, self.dists, this_process(), tally)
             if trial is None:
                 continue  # surplus: another process filled the study first
             self.current = trial

@@ -17,6 +17,7 @@ itself, is recorded by the hooks all the same, so each trial is a run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -61,8 +62,10 @@ class TrialRunner:
 
     def __init__(self, study: optuna.Study, hooks: SweepHooks, launcher: Any, compose: Callable[[List[str]], DictConfig],
                  fixed: dict, link: Callable[[int], TrialLink], heartbeat_interval: Optional[float],
-                 custom_search_space: Optional[Callable] = None, config: Optional[DictConfig] = None):
+                 custom_search_space: Optional[Callable] = None, config: Optional[DictConfig] = None,
+                 compose_job: Optional[Callable[[List[str]], DictConfig]] = None):
         self.study, self.hooks, self.launcher, self.compose = study, hooks, launcher, compose
+        self.compose_job = compose_job or compose  # the job's config for the budget, which its launch reuses
         self.fixed, self.link, self.heartbeat_interval = fixed, link, heartbeat_interval
         self.custom_search_space, self.config = custom_search_space, config
         self.n_objectives = len(study.directions)
@@ -76,17 +79,19 @@ class TrialRunner:
         except Exception as e:  # noqa: BLE001 - the user's search space code, or a clash of keys
             self.fail(trial, f"{type(e).__name__}: {e}")
             return
-        trial.set_user_attr(OVERRIDES, overrides)
+        attrs = {OVERRIDES: overrides}  # written while the job starts (Heartbeat), or before a refusal
         run_name = ",".join(overrides) or "defaults"
-        if not self._fits(trial, overrides, run_name):
-            return
         link = self._link(trial)
         job = tuple(overrides + [f"{k}={quote(v) if isinstance(v, str) else v}"
                                  for k, v in self.hooks.job_overrides(link).items()])
+        later: List[Callable[[], Any]] = []  # other writes the job need not wait for
+        if not self._fits(trial, list(job), run_name, attrs, later):
+            return
+        later[:0] = [functools.partial(trial.set_user_attr, k, v) for k, v in attrs.items()]
         log.info(f"trial {trial.number}: {' '.join(overrides[:len(trial.params)]) or 'the fixed overrides only'}")
         self._pin_submitit_local_gpus()
         try:
-            with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval):
+            with Heartbeat(self.study._storage, trial._trial_id, self.heartbeat_interval, first=later):
                 ret = self.launcher.launch([job], initial_job_idx=trial.number)[0]
         except SystemExit as e:
             self.fail(trial, f"the job called sys.exit({e.code})")
@@ -102,31 +107,42 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ before launch
 
-    def _fits(self, trial: optuna.trial.Trial, overrides: List[str], run_name: str) -> bool:
-        """Compose the trial's config and count its model; False when it must not run."""
+    def _fits(self, trial: optuna.trial.Trial, job: List[str], run_name: str, attrs: dict,
+              later: List[Callable[[], Any]]) -> bool:
+        """Compose the job's config (its launch reuses it) and count its model into ``attrs``, its constraint
+        into ``later``; False when it must not run (then all is written here)."""
         if not self.hooks.counts_params:
             return True
         try:
-            cfg = self.compose(overrides)
+            cfg = self.compose_job(job)
             n_params, limit = self.hooks.count_params(cfg), self.hooks.max_params(cfg)
         except Exception as e:  # noqa: BLE001 - a point of the space that does not build
             reason = f"the config cannot be built: {e}"
+            self._write(trial, attrs)
             self._record(trial, None, FAIL, reason, run_name)
             self.fail(trial, reason)
             return False
-        trial.set_user_attr(N_PARAMS, n_params)
+        attrs[N_PARAMS] = n_params
         if limit is None:
             return True
-        trial.set_constraint("n_params_over_budget", float(n_params - limit))  # TPE, NSGA-II, GP read it
-        if n_params <= limit:
+        constraint = functools.partial(trial.set_constraint, "n_params_over_budget", float(n_params - limit))
+        if n_params <= limit:  # TPE, NSGA-II and GP read it when they sample the trials after this one
+            later.append(constraint)
             return True
+        constraint()
         reason = f"{n_params:,} parameters, over budget.max_params={limit:,}; not trained"
+        self._write(trial, attrs)
         trial.set_user_attr(INFEASIBLE, True)
         trial.set_user_attr(REASON, reason)
         self._record(trial, cfg, INFEASIBLE_STATE, reason, run_name, n_params)
         tell_state(self.study, trial, TrialState.PRUNED)
         log.info(f"trial {trial.number} INFEASIBLE: {run_name}: {reason}")
         return False
+
+    @staticmethod
+    def _write(trial: optuna.trial.Trial, attrs: dict) -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
     def _pin_submitit_local_gpus(self) -> None:
         """Keep a worker's GPU for its submitit_local jobs.
