@@ -269,10 +269,21 @@ def test_per_replicate_grad_clip_matches_clip_grad_norm():
             torch.testing.assert_close(fm.split(name, names[name].grad, i), p.grad, rtol=RTOL, atol=ATOL)
 
 
-def test_option_a_resnet_is_not_fusable():
-    with pytest.raises(NotFusable, match=r"PadShortcut .*option-A shortcut zero-pads the channel dim"):
-        fuse([CifarResNet(8, "A", image_size=8) for _ in range(2)], (3, 8, 8))
-    fuse([CifarResNet(8, "B", image_size=8) for _ in range(2)], (3, 8, 8))  # option B fuses
+def test_option_a_and_b_resnets_fuse_and_match_the_originals():
+    """He's ResNet-n: option A's zero-padded channels are padded per replicate (fuse's self-check
+    compares the fused forward with each original), and option B's projection fuses as convs."""
+    torch.manual_seed(0)
+    for option in ("A", "B"):
+        models = [CifarResNet(8, option, image_size=8) for _ in range(3)]
+        fm = fuse(models, (3, 8, 8))
+        xs = [torch.randn(4, 3, 8, 8) for _ in models]
+        fm.eval()
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            out = fm(FusedModel.stack(xs))
+            for i, (m, x) in enumerate(zip(models, xs)):
+                torch.testing.assert_close(out[i], m(x), rtol=RTOL, atol=ATOL)
 
 
 class ChannelMean(nn.Module):

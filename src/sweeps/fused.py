@@ -32,10 +32,10 @@ an optimizer's ``step``) are shared, and equal in every replicate by
 construction since the replicates step together.
 
 What cannot be fused is refused with :class:`NotFusable` and a one-line
-reason, never fused approximately: an unknown leaf layer (say resnet_cifar's
-option-A ``PadShortcut``, which pads the channel dim and would spill into the
-next replicate's channels), a layer with parameters of its own in a
-container, models that differ in architecture. A container's ``forward`` can
+reason, never fused approximately: an unknown leaf layer, a layer with
+parameters of its own in a container, models that differ in architecture
+(resnet_cifar's option-A ``PadShortcut``, which pads the channel dim, has its
+own fused form that pads each replicate's channels). A container's ``forward`` can
 still do something the layer list cannot show (a channel mean, ``F.pad`` on
 channels), so :func:`fuse` ends with a forward of the fused model against the
 K originals on a random input, and refuses on any difference.
@@ -86,6 +86,23 @@ class FusedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class FusedPadShortcut(nn.Module):
+    """He's option-A shortcut (subsample, then zero channels on both sides) for each replicate's own
+    channels: padding ``[B, K*C, H, W]`` as a whole would put one replicate's zeros in the next one's
+    channels, so the pad is applied to ``[B, K, C, H, W]``."""
+
+    def __init__(self, extra_channels: int, stride: int, k: int):
+        super().__init__()
+        self.extra, self.stride, self.k = extra_channels, stride, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        b, kc, h, w = x.shape
+        x = x.reshape(b, self.k, kc // self.k, h, w)
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return x.reshape(b, kc + self.k * self.extra, h, w)
 
 
 class FusedDropout(nn.Module):
@@ -148,11 +165,11 @@ def _fuse_leaf(m: nn.Module, k: int, path: str) -> nn.Module:
         return copy.deepcopy(m)
     if isinstance(m, PASS_THROUGH + CONTAINERS) and not list(m.parameters()) and not list(m.buffers()):
         return copy.deepcopy(m)
-    hint = ""
-    if type(m).__name__ == "PadShortcut":
-        hint = " (resnet_cifar's option-A shortcut zero-pads the channel dim, which would spill into the " \
-               "next replicate's channels; model.shortcut=B fuses)"
-    raise NotFusable(f"{path}: {type(m).__module__}.{type(m).__name__} is not a layer that fuses{hint}")
+    from sweeps.models.resnet_cifar import PadShortcut
+
+    if type(m) is PadShortcut:
+        return FusedPadShortcut(m.extra, m.stride, k)
+    raise NotFusable(f"{path}: {type(m).__module__}.{type(m).__name__} is not a layer that fuses")
 
 
 def _fuse_tree(m: nn.Module, k: int, path: str) -> nn.Module:
