@@ -9,8 +9,8 @@ seconds from the process's start to its first epoch's log line with
 ``tracking.enabled=true`` against ``false`` say how much it still costs, and
 ``imports only`` (a process that only imports what a run needs before its
 first step: torch, Hydra, the trainer) says what the imports alone take. The
-epoch's line is logged before its metrics go to MLflow, so it marks when the
-epoch was trained, not when the run's record caught up. Each run is a fresh process in a fresh
+epoch's line is logged once its metrics are in MLflow (a kill after the line
+never loses them), so with MLflow it marks the first epoch recorded. Each run is a fresh process in a fresh
 folder whose MLflow store exists already (a project's usual state). Lines for
 machines start with ``first_step``.
 """

@@ -107,7 +107,7 @@ def test_every_sweep_config_is_a_multirun_of_our_sweeper_with_the_apps_hooks(com
     hooks.bind(cfg)
     expected = ["maximize", "minimize"] if name == "pareto" else ["maximize"]
     assert hooks.directions() == expected
-    if "grid" in sweeper.sampler._target_.lower():
+    if "grid" in sweeper.sampler._target_.lower() and not name.startswith("demo"):  # `make demo`'s run offline
         assert cfg.hydra.runtime.choices.model == "trunc_l3_pool8"
 
 

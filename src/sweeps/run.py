@@ -141,9 +141,9 @@ def start_fitting(plan: Plan, cfg: DictConfig, out_dir: Path, identity: dict[str
             yield batch
 
     def on_epoch_end(m, _result):
+        rec.log_metrics({k: v for k, v in vars(m).items() if k != "epoch"}, step=m.epoch)
         log.info(f"{label}epoch {m.epoch}: train loss {m.train_loss:.4f} acc {m.train_acc:.4f} | "
                  f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f} | lr {m.lr:.3g} | {m.epoch_time:.1f}s")
-        rec.log_metrics({k: v for k, v in vars(m).items() if k != "epoch"}, step=m.epoch)  # may wait for the run
 
     training = Training(cfg, model, train_batches, steps, pipe.val_batches, device, on_epoch_end,
                         checkpoint_dir=out_dir, loader_generator=pipe.generator,
