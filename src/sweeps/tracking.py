@@ -322,7 +322,8 @@ class RunRecorder:
 
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():  # on_open runs in it
-            thread.join()
+            while thread.is_alive():  # short joins: a Ctrl-C or SIGTERM meanwhile is raised between them, cleanly
+                thread.join(0.05)
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
