@@ -304,6 +304,10 @@ def test_a_model_that_cannot_fuse_is_refused_when_fusing_is_required(project: Pa
     assert r.returncode == 2, r.stderr[-2000:]
     assert "cannot train as one fused model" in r.stderr and "Normalize is not a layer that fuses" in r.stderr
     assert "trainer.fuse_replicates=auto" in r.stderr
+    plateau = run_module("sweeps.train", [*TINY, "schedule=plateau", "replicates=2", "trainer.fuse_replicates=true"],
+                         project)
+    assert plateau.returncode == 2 and "ReduceLROnPlateau steps on each replicate's own" in plateau.stderr, \
+        plateau.stderr[-2000:]
     assert not (project / "mlruns").exists()
 
 

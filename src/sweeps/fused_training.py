@@ -49,19 +49,31 @@ ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim
                torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
 
 
-def check_fusable(cfg: DictConfig, members: Sequence[Training]) -> None:
-    """Raise :class:`NotFusable` for what would couple replicates (before any model is fused)."""
-    t = cfg.trainer
-    if str(t.precision) == "fp16" or any(m.scaler.is_enabled() for m in members):
+def _refuse(precision: str, scheduler: type | None, optimizer: type) -> None:
+    if precision == "fp16":
         raise NotFusable("trainer.precision=fp16: one GradScaler over the fused model would skip every "
                          "replicate's step when one overflows; bf16 or fp32 fuse")
+    if scheduler is not None and issubclass(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise NotFusable("ReduceLROnPlateau steps on each replicate's own validation metric; "
+                         "one fused optimizer has one learning rate")
+    if optimizer not in ELEMENTWISE:
+        raise NotFusable(f"optimizer {optimizer.__name__} is not known to act element by element "
+                         f"(fused: {', '.join(c.__name__ for c in ELEMENTWISE)})")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """:func:`check_fusable`'s refusals that the config alone decides, before anything is built."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, "schedule.scheduler._target_")
+    _refuse(str(cfg.trainer.precision), get_class(target) if target else None, get_class(cfg.optim._target_))
+
+
+def check_fusable(cfg: DictConfig, members: Sequence[Training]) -> None:
+    """Raise :class:`NotFusable` for what would couple replicates (before any model is fused)."""
     for m in members:
-        if isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            raise NotFusable("ReduceLROnPlateau steps on each replicate's own validation metric; "
-                             "one fused optimizer has one learning rate")
-        if type(m.optimizer) not in ELEMENTWISE:
-            raise NotFusable(f"optimizer {type(m.optimizer).__name__} is not known to act element by element "
-                             f"(fused: {', '.join(c.__name__ for c in ELEMENTWISE)})")
+        _refuse("fp16" if m.scaler.is_enabled() else str(cfg.trainer.precision),
+                type(m.scheduler) if m.scheduler is not None else None, type(m.optimizer))
     trainers = [OmegaConf.to_container(m.trainer, resolve=True) for m in members]
     if any(tr != trainers[0] for tr in trainers):
         raise NotFusable("the replicates' trainer settings differ")

@@ -197,15 +197,17 @@ def fusing(plan: Plan) -> bool:
 
 
 def refuse_unfusable(plan: Plan) -> None:
-    """``trainer.fuse_replicates=true`` with a model that cannot fuse: one paragraph, before anything
-    is recorded (two replicates' models built on the CPU and fused, untrained)."""
+    """``trainer.fuse_replicates=true`` with a config or model that cannot fuse: one paragraph, before
+    anything is recorded (two replicates' models built on the CPU and fused, untrained)."""
     if plan.cfg.trainer.get("fuse_replicates", "auto") is not True:
         return
     from sweeps.fused import NotFusable, fuse
+    from sweeps.fused_training import check_config
     from sweeps.models import build_model
 
     ds = plan.cfg.dataset
     try:
+        check_config(plan.cfg)
         fuse([build_model(r.cfg) for r in plan.replicas[:2]], (int(ds.channels), int(ds.image_size),
                                                                 int(ds.image_size)))
     except NotFusable as e:
