@@ -231,7 +231,7 @@ def test_another_baseline_and_a_wrong_one(replicated, monkeypatch, capsys):
     assert "Baseline: **baseline (optim=adam, optim.lr=0.001)**." in md.split("### Ablation: optim\n")[1]
     assert rpt.main(["reps", "--tracking-uri", uri, "--out", str(root / "o2"), "--baseline", "optim=rmsprop"]) == 2
     err = capsys.readouterr().err
-    assert "--baseline 'optim=rmsprop' names no row" in err and "optim.lr=0.01" in err
+    assert "--baseline 'optim=rmsprop' names no row" in err and "'optim.lr=0.01'" in err
 
 
 def test_a_single_run_with_replicates_is_one_row(tmp_path, monkeypatch):

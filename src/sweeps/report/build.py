@@ -38,8 +38,8 @@ def build(sweeps: list[Sweep], out: Path, top_k: int = 5, baseline: str | None =
     if baseline and not any(matches(r, baseline) for s in sweeps for r in s.rows):
         labels = sorted({r.label for s in sweeps for r in s.rows if r.label})
         raise ReportError(f"--baseline {baseline!r} names no row of the report: give a row's label, run name, "
-                          f"run id or overrides (e.g. optim=sgd). Its rows: {', '.join(labels[:20])}"
-                          + (", ..." if len(labels) > 20 else "") + ".")
+                          f"run id or overrides (e.g. optim=sgd). Its rows: {'; '.join(repr(x) for x in labels[:20])}"
+                          + ("; ..." if len(labels) > 20 else "") + ".")  # labels hold commas themselves
     report = out / "report.md"
     report.write_text(redact("\n".join(lines).rstrip() + "\n"))  # it is logged to the tracking server
     _log_to_parents(sweeps, report)
