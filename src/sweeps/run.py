@@ -196,8 +196,9 @@ def _out_of_memory(plan: Plan, amp: torch.dtype | None) -> OutOfMemory:
     t = plan.cfg.trainer
     name = OmegaConf.select(HydraConfig.get(), "runtime.choices.model", default=None) or plan.cfg.model.get("_target_")
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
-    fused = len(plan.seeds) > 1 and plan.cfg.trainer.get("fuse_replicates", "auto") is not False \
-        and (plan.device.type == "cuda" or plan.cfg.trainer.get("fuse_replicates") is True)
+    from sweeps.lockstep import fusing
+
+    fused = len(plan.seeds) > 1 and fusing(plan)
     replicas = (f", {len(plan.seeds)} replicates {'fused' if fused else 'in step'}" if len(plan.seeds) > 1 else "")
     return OutOfMemory(
         f"out of {plan.device.type.upper()} memory training model={name} ({plan.n_params:,} parameters) at "
