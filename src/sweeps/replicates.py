@@ -71,18 +71,19 @@ def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample std (ddof=1), its standard error, n and the Student-t 95% CI of the mean."""
-    from scipy import stats
+    """Mean, sample std (ddof=1), its standard error, n and the Student-t 95% CI of the mean: the
+    report's own statistics (``sweeps.report.stats``), so that what a run logs and what the report
+    shows are one computation; a single value has no spread (std 0, its CI the value)."""
+    from sweeps.report.stats import dist
 
     xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    n = len(xs)
-    if n == 0:
+    if not xs:
         return {}
-    mean = sum(xs) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
-    sem = std / math.sqrt(n)
-    half = float(stats.t.ppf(0.975, n - 1)) * sem if n > 1 else 0.0
-    return {"mean": mean, "std": std, "sem": sem, "n": float(n), "ci95_low": mean - half, "ci95_high": mean + half}
+    d = dist(xs)
+    if d is None:
+        return {"mean": xs[0], "std": 0.0, "sem": 0.0, "n": 1.0, "ci95_low": xs[0], "ci95_high": xs[0]}
+    low, high = d.ci95
+    return {"mean": d.mean, "std": d.std, "sem": d.sem, "n": float(d.n), "ci95_low": low, "ci95_high": high}
 
 
 def aggregate(name: str, values: Sequence[float], how: str) -> float:
