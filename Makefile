@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 WORKERS ?= auto
 
 test: install
-	$(BIN)/python -m pytest -q -n $(WORKERS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --durations=30
 
 test-fast: install
 	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not slow"

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import mlflow
@@ -69,6 +70,60 @@ def test_sigterm_run_is_killed_then_resumes_to_the_same_result(project, pipeline
     assert sorted({m.step for m in client.get_metric_history(done.info.run_id, "val_acc")}) == [1, 2, 3, 4]
     for metric in ("best_val_acc", "test_acc", "train_acc_at_best"):
         assert done.data.metrics[metric] == pytest.approx(ref_run.data.metrics[metric], abs=1e-9), metric
+
+
+# Two places where Python mishandles a Ctrl-C on its own; the hook sends one there, once,
+# just before training starts:
+# * a finalizer, as the garbage collector runs it (seen with SQLAlchemy's and GitPython's):
+#   Python prints "Exception ignored in ..." and drops the KeyboardInterrupt;
+# * code run by exec() of a string (as dataclasses do when torch imports its modules lazily):
+#   a KeyboardInterrupt passing out of it makes the interpreter end by SIGINT (exit -2) at
+#   exit, even when the program caught it and asked for another status.
+SIGINT_HOOK = textwrap.dedent('''
+    import os, signal
+    from sweeps import engine
+
+    class Finalizer:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # its handler runs in here; Python ignores what it raises
+            for _ in range(1000):
+                pass
+
+    original = engine.Training.__init__
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if os.environ["SWEEPS_TEST_SIGINT_IN"] == "finalizer":
+            Finalizer()  # dropped at once
+        else:
+            exec("import signal\\nsignal.raise_signal(signal.SIGINT)\\nfor _ in range(1000): pass")
+    engine.Training.__init__ = init
+''')
+
+
+@pytest.mark.parametrize(("where", "mode"), [("finalizer", "run"), ("finalizer", "sweep"), ("exec", "sweep")])
+def test_a_ctrl_c_where_python_drops_it_still_stops_the_run_with_130(project, mode, where):
+    hook = project / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGINT_HOOK)
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]), "SWEEPS_TEST_SIGINT_IN": where}
+    args = TINY + ["tracking.experiment=ctrl-c", "augment=norm", "tracking.log_figures=false"]
+    if mode == "sweep":
+        args = ["--multirun", "hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_jobs=1", "hydra.sweeper.n_trials=2",
+                "hydra.sweeper.study_name=ctrl-c", GOOD_LR, *args]
+    r = run_module("sweeps.train", args, project, env=env)
+    out = r.stdout + r.stderr
+    assert ("Exception ignored" in out) == (where == "finalizer"), out[-3000:]  # the hook did its part
+    assert r.returncode == 130, out[-3000:]
+    (run,) = [x for x in mlflow_runs(project, "ctrl-c") if x.data.tags.get("sweeps.role") != "parent"]
+    assert run.info.status == "KILLED" and run.data.tags["sweeps.state"] == "INTERRUPTED"
+    assert "val_acc" not in run.data.metrics  # stopped before its first epoch ended
+    if mode == "sweep":
+        import optuna
+
+        trial, *queued = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{project / 'multirun' / 'optuna.db'}").trials
+        assert trial.state.name == "FAIL" and trial.user_attrs["interrupted"] is True
+        assert [t.state.name for t in queued] == ["WAITING"]  # its point, queued again for the re-run
+        assert "Re-run the same command" in out
 
 
 def test_diverging_run_fails_at_the_step(project):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from sweeps import checkpoint
 from sweeps.data.pipeline import use_channels_last
 from sweeps.errors import ConfigError, Diverged
+from sweeps_optuna.contract import Interrupted
 
 
 @dataclass
@@ -151,6 +152,7 @@ def evaluate(model: nn.Module, batches: Iterable, device, amp_dtype, predict=Non
     correct = torch.zeros((), device=device, dtype=torch.int64)
     n, preds = 0, []
     for x, y in batches:
+        Interrupted.check()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             logits = predict(model, x)
@@ -240,6 +242,7 @@ class Training:
                    disable=None if t.progress else True, leave=False, dynamic_ncols=True)
         optimizer, scaler, scheduler = self.optimizer, self.scaler, self.scheduler
         for step, (x, y) in enumerate(bar):
+            Interrupted.check()  # a Ctrl-C whose exception a finalizer swallowed
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, self.amp_dtype):
                 logits = model(x)

@@ -44,6 +44,7 @@ from sweeps.data.pipeline import use_channels_last
 from sweeps.engine import EpochMetrics, Training, _autocast, build_optimizer, build_scheduler, improves
 from sweeps.errors import Diverged
 from sweeps.fused import FusedModel, NotFusable, fuse
+from sweeps_optuna.contract import Interrupted
 
 ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
                torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
@@ -219,6 +220,7 @@ class FusedTraining:
                    disable=None if t.progress else True, leave=False, dynamic_ncols=True)
         step = 0
         while (batch := self._batches(iters, active)) is not None:
+            Interrupted.check()  # a Ctrl-C whose exception a finalizer swallowed
             x, y = self._stack(batch, active)
             b = y.shape[1]
             with _autocast(self.device, self.amp_dtype):

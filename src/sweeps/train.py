@@ -28,7 +28,7 @@ def task(cfg: DictConfig) -> float | list[float]:
     error goes back to the sweeper, which records the trial and goes on; a single
     run ends with one paragraph and its exit status instead.
     """
-    Interrupted.on_sigterm()
+    Interrupted.on_signals()
     redact_logs()  # Hydra set up this job's log handlers just now
     from sweeps.config import validate
 
@@ -44,6 +44,7 @@ def task(cfg: DictConfig) -> float | list[float]:
 
             return objective_value(cfg, train(cfg))
     except KeyboardInterrupt:
+        Interrupted.clear()
         print("interrupted: the run is recorded as KILLED in MLflow; re-run the same command "
               "with trainer.resume=true and hydra.run.dir=<its output dir> to continue it.", file=sys.stderr)
         sys.exit(130)

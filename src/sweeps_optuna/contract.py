@@ -18,7 +18,7 @@ The counting rule
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:  # an app's error classes import this module: keep Optuna out of their import time
     from optuna.trial import FrozenTrial
@@ -133,16 +133,41 @@ class Infeasible(UserError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM (e.g. SLURM preemption) handled like Ctrl-C, in the sweep process and in its jobs.
+    """SIGTERM (e.g. SLURM preemption) and Ctrl-C, handled alike in the sweep process and in its jobs.
 
     Both install it, so a job that replaced the sweeper's handler leaves the same
     behaviour behind; a run that ends with it is recorded as INTERRUPTED, not FAIL.
+
+    Ctrl-C comes here too, not to Python's own handler, for two of its faults.
+    A KeyboardInterrupt raised inside a finalizer ("Exception ignored in ...
+    __del__", e.g. SQLAlchemy's or GitPython's under MLflow) is dropped; so the
+    signal stays *pending* until the command acts on it (:meth:`clear`), and the
+    training step and the sweep loop call :meth:`check` to raise it again. And
+    a bare KeyboardInterrupt that passes out of ``exec()`` of a string (torch's
+    lazy imports build dataclasses so) makes the interpreter end by SIGINT at
+    exit, whatever status the sweep chose; this subclass does not.
     """
 
+    pending: ClassVar[Optional[int]] = None  # the signal whose exception nobody has acted on yet
+
     @classmethod
-    def on_sigterm(cls) -> None:
+    def on_signals(cls) -> None:
         signal.signal(signal.SIGTERM, cls._raise)
+        # Python leaves SIGINT alone where it was ignored at start (``nohup cmd &``): so does this.
+        if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, cls._raise):
+            signal.signal(signal.SIGINT, cls._raise)
 
     @classmethod
     def _raise(cls, signum: int, frame: Any) -> None:
-        raise cls(f"received signal {signum}")
+        Interrupted.pending = signum
+        raise cls(f"received {signal.Signals(signum).name}")
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise the pending signal's exception again, where a finalizer swallowed it."""
+        if Interrupted.pending is not None:
+            raise cls(f"received {signal.Signals(Interrupted.pending).name}")
+
+    @classmethod
+    def clear(cls) -> None:
+        Interrupted.pending = None

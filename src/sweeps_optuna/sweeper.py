@@ -195,7 +195,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
             _refuse(e)
         self.runner = TrialRunner(self.study, self.hooks, self.launcher, self.compose, self.fixed, self.link,
                                   self.heartbeat_interval, self.custom_search_space, cfg, self.compose_job)
-        Interrupted.on_sigterm()
+        Interrupted.on_signals()
         code = 0
         try:
             n_jobs = min(self.n_jobs, self._left())  # never more processes than trials left
@@ -216,6 +216,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
             workers.stop(self.workers, signal.SIGTERM)
             sys.exit(1)
         except KeyboardInterrupt as e:
+            Interrupted.clear()
             self._interrupt_current(f"interrupted ({type(e).__name__}: {e})")
             workers.stop(self.workers, signal.SIGTERM)
             log.error(f"Interrupted: the running trial is marked FAIL (interrupted=True) and queued again. "
@@ -244,6 +245,7 @@ class SweepsOptunaSweeperImpl(Sweeper):
         study, n_trials = self.study, self.n_trials_total
         announce = False
         while True:
+            Interrupted.check()  # a Ctrl-C whose exception a finalizer swallowed (the job may have finished)
             tally = ledger.Tally.of(study)
             if announce:  # the trial just told, from the read the loop makes anyway
                 self._progress(tally.trials)

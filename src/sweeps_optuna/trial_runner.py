@@ -102,7 +102,7 @@ class TrialRunner:
             self.fail(trial, text)
             return
         finally:
-            Interrupted.on_sigterm()  # the job may have installed its own handler
+            Interrupted.on_signals()  # the job may have installed its own handler
         self.tell_result(trial, ret)
 
     # ------------------------------------------------------------------ before launch
