@@ -1,18 +1,19 @@
-"""How long a single ``python -m sweeps.train`` takes to its first epoch, with MLflow and without.
+"""How long a single ``python -m sweeps.train`` takes to its first step and its first epoch, with MLflow and without.
 
     python benchmarks/first_step.py                 # 3 repeats each, interleaved
     python benchmarks/first_step.py --repeats 1     # the suite's tiny run
 
-A run opens its MLflow record in a background thread while the model is built
-and trains, so recording should cost the first epoch (almost) nothing: the
-seconds from the process's start to its first epoch's log line with
-``tracking.enabled=true`` against ``false`` say how much it still costs, and
-``imports only`` (a process that only imports what a run needs before its
-first step: torch, Hydra, the trainer) says what the imports alone take. The
-epoch's line is logged once its metrics are in MLflow (a kill after the line
-never loses them), so with MLflow it marks the first epoch recorded. Each run is a fresh process in a fresh
-folder whose MLflow store exists already (a project's usual state). Lines for
-machines start with ``first_step``.
+A run opens its MLflow record in a background thread once its first step is
+done, so recording should cost the first step nothing: the seconds from the
+process's start to its first step (its first backward, timed from outside by
+``step_clock``'s hook) with ``tracking.enabled=true`` against ``false`` say
+what it still costs, and ``imports only`` (a process that only imports what a
+run needs before its first step: torch, Hydra, the trainer) says what the
+imports alone take. The first epoch's end is timed too: its line is logged
+once its metrics are in MLflow (a kill after the line never loses them), so
+with MLflow it marks the first epoch recorded. Each run is a fresh process in
+a fresh folder whose MLflow store exists already (a project's usual state).
+Lines for machines start with ``first_step``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from step_clock import clocked_env, steps
+
 TINY = ["dataset=digits", "model.channels=[8,16]", "model.blocks=[1,1]", "model.stem_channels=8", "model.pool=4",
         "model.head=[]", "trainer.batch_size=64", "trainer.epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_eval_batches=2", "trainer.progress=false", "tracking.log_figures=false",
@@ -37,15 +40,17 @@ IMPORTS = "import sweeps.run"  # what a run needs before its first step (MLflow:
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[sweeps\.train\]\[INFO\] - epoch 1:", re.M)
 
 
-def to_first_epoch(cwd: Path, tracking: bool, env: dict) -> float:
-    """Seconds from the process's start to its first epoch's log line."""
+def to_first_epoch(cwd: Path, tracking: bool, env: dict) -> tuple[float, float]:
+    """Seconds from the process's start to its first step, and to its first epoch's log line."""
+    env, clock = clocked_env(env, cwd / "clock")
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "sweeps.train", *TINY, f"tracking.enabled={str(tracking).lower()}"],
                           cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     found = STAMP.search(proc.stdout)
-    if proc.returncode != 0 or not found:
+    if proc.returncode != 0 or not found or not steps(clock):
         raise RuntimeError(f"tracking={tracking}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - start
+    epoch = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - start
+    return steps(clock)[0][0] - start, epoch
 
 
 def imports(env: dict) -> float:
@@ -60,21 +65,28 @@ def main() -> None:
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     times: dict[str, list[float]] = {"tracking": [], "no tracking": [], "imports only": []}
+    first: dict[str, list[float]] = {"tracking": [], "no tracking": []}
     with tempfile.TemporaryDirectory(prefix="first_step_") as tmp:
         cwd = Path(tmp)
         to_first_epoch(cwd, True, env)  # the store and the dataset cache exist from here on
         for _ in range(args.repeats):  # interleaved: a change in the machine's load hits all three
-            times["tracking"].append(to_first_epoch(cwd, True, env))
-            times["no tracking"].append(to_first_epoch(cwd, False, env))
+            for case, tracking in (("tracking", True), ("no tracking", False)):
+                step, epoch = to_first_epoch(cwd, tracking, env)
+                first[case].append(step)
+                times[case].append(epoch)
             times["imports only"].append(imports(env))
-    print(f"seconds from process start to the first epoch's end, medians of {args.repeats} ({os.cpu_count()} CPUs)")
+    print(f"seconds from process start to the first step and to the first epoch's end, medians of {args.repeats} "
+          f"({os.cpu_count()} CPUs)")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"first_step {json.dumps({'case': name, 'median_s': round(median, 2), 'runs': [round(v, 2) for v in values]})}")
-    cost = statistics.median(times["tracking"]) - statistics.median(times["no tracking"])
-    print(f"MLflow's cost to the first epoch: {cost:+.2f} s; the imports alone: "
-          f"{statistics.median(times['imports only']):.2f} s")
-
+        row = {"case": name, "median_s": round(statistics.median(values), 2), "runs": [round(v, 2) for v in values]}
+        if name in first:
+            row.update(first_step_median_s=round(statistics.median(first[name]), 2),
+                       first_step_runs=[round(v, 2) for v in first[name]])
+        print(f"first_step {json.dumps(row)}")
+    median = {k: statistics.median(v) for k, v in first.items()}
+    print(f"MLflow's cost to the first step: {median['tracking'] - median['no tracking']:+.2f} s, to the first epoch "
+          f"recorded: {statistics.median(times['tracking']) - statistics.median(times['no tracking']):+.2f} s; "
+          f"the imports alone: {statistics.median(times['imports only']):.2f} s")
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,11 @@ plugin pins optuna<3, so it needs a venv of its own (``--stock-python``):
 Then ``--train`` times a real ``python -m sweeps.train`` sweep of the tiny
 digits model (in-process trials) from its log: per trial, the sweeper's time
 between trials (the trial's config is composed there, once, for its budget
-check and its launch), the job's time outside training and testing, and training.
+check and its launch), the job's time outside training and testing, and training;
+and, timed by ``step_clock``'s hook on every backward, the seconds from one
+trial's last training step to the next trial's first (testing, records, the
+sweeper's bookkeeping, the next job's set-up and model), the figure that
+matters when a trial takes seconds.
 
 Machine-readable lines start with ``overhead`` and ``phase``.
 """
@@ -35,6 +39,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from step_clock import clocked_env, steps
 
 REPO = Path(__file__).resolve().parents[1]
 TIMES_ENV = "SWEEP_OVERHEAD_TIMES"
@@ -171,8 +177,10 @@ def train_phases(n: int) -> None:
             "model.head=[]", "trainer.epochs=2", "trainer.progress=false", "tracking.log_model=false"]
     with tempfile.TemporaryDirectory(prefix="sweep_phases_") as tmp:
         env = {k: v for k, v in os.environ.items() if k not in ("SWEEPS_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+        env, clock = clocked_env(env, Path(tmp) / "clock")
         proc = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=tmp, capture_output=True, text=True,
                               timeout=1800, env=env)
+        backwards = steps(clock)
     log = (proc.stdout + proc.stderr).splitlines()
     if proc.returncode != 0:
         raise RuntimeError("\n".join(log[-40:]))
@@ -191,6 +199,10 @@ def train_phases(n: int) -> None:
     between = [launched[b] - told[a] for a, b in zip(numbers, numbers[1:])]
     job = [told[k] - launched[k] - trained[k] for k in numbers]
     fit = [trained[k] for k in numbers]
+    # each trial's steps lie between its launch line and the next one's
+    starts = [launched[k] for k in numbers] + [float("inf")]
+    per_trial = [[b for b in backwards if lo <= b[0] < hi] for lo, hi in zip(starts, starts[1:])]
+    step_gap = [nxt[0][0] - cur[-1][1] for cur, nxt in zip(per_trial, per_trial[1:]) if cur and nxt]
     print(f"\nA sweeps.train sweep of {len(numbers)} tiny digits trials (2 epochs, in-process), medians per trial:")
     print("| phase | s |\n|---|---|")
     for name, values in (("sweeper, between trials (tell, reap, ask, compose, count, launch)", between),
@@ -199,6 +211,10 @@ def train_phases(n: int) -> None:
         value = statistics.median(values) if values else float("nan")
         print(f"| {name} | {value:.2f} |")
         print(f"phase {json.dumps({'phase': name.split(',')[0].split(' (')[0], 'median_s': round(value, 3)})}")
+    gap = statistics.median(step_gap) if step_gap else float("nan")
+    print(f"From a trial's last training step to the next trial's first: {gap:.2f} s median, "
+          f"{max(step_gap, default=float('nan')):.2f} s max")
+    print(f"step_gap {json.dumps({'median_s': round(gap, 3), 'max_s': round(max(step_gap, default=gap), 3), 'n': len(step_gap)})}")
 
 
 def main() -> None:
@@ -212,7 +228,8 @@ def main() -> None:
     if args.quick:
         args.trials, args.repeats, args.train = 3, 1, 2
     print(f"python {sys.version.split()[0]} | {os.cpu_count()} CPUs")
-    overhead(args.trials, args.repeats, args.stock_python)
+    if args.trials:  # --trials 0 --train N: the training sweep alone
+        overhead(args.trials, args.repeats, args.stock_python)
     if args.train:
         train_phases(args.train)
 

@@ -112,12 +112,15 @@ def test_every_sweep_config_is_a_multirun_of_our_sweeper_with_the_apps_hooks(com
 
 
 def test_the_sweeps_parameter_count_builds_each_distinct_model_once(composer, monkeypatch):
+    """Once per process: an in-process job's own budget check reuses the sweeper's count."""
     from sweeps import models
     from sweeps.sweep_hooks import SweepsHooks
 
     built = []
-    real = models.model_size
-    monkeypatch.setattr(models, "model_size", lambda cfg: built.append(cfg) or real(cfg))
+    build = models.build_model
+    monkeypatch.setattr(models, "_sizes", {})
+    monkeypatch.setattr(models, "build_model", lambda cfg, **kw: built.append(cfg) or build(cfg, **kw))
+    real = lambda cfg: models.count_parameters(build(cfg, for_counting=True))  # noqa: E731
     hooks = SweepsHooks()
     tiny = ["dataset=digits", "model.channels=[8,16]", "model.blocks=[1,1]", "model.stem_channels=8", "model.head=[]"]
     first = hooks.count_params(composer(tiny + ["optim.lr=0.1"]))
@@ -126,3 +129,4 @@ def test_the_sweeps_parameter_count_builds_each_distinct_model_once(composer, mo
     assert wider > first and len(built) == 2
     assert hooks.count_params(composer(tiny[1:] + ["dataset=cifar100"])) > first and len(built) == 3  # 100 classes
     assert [real(cfg) for cfg in built] == [first, wider, hooks.count_params(built[2])]
+    assert models.model_size(composer(tiny + ["optim.lr=0.5"])) == first and len(built) == 3  # the job's check

@@ -18,7 +18,7 @@ def _run(script: str, *args: str, cwd: Path) -> list[dict]:
                           timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return [(line.split(" ", 1)[0], json.loads(line.split(" ", 1)[1])) for line in proc.stdout.splitlines()
-            if line.startswith(("overhead {", "phase {", "pruning {", "first_step {"))]
+            if line.startswith(("overhead {", "phase {", "pruning {", "first_step {", "step_gap {"))]
 
 
 def test_sweep_overhead_quick(tmp_path):
@@ -31,6 +31,8 @@ def test_sweep_overhead_quick(tmp_path):
     phases = [r for kind, r in lines if kind == "phase"]
     assert len(phases) == 3 and all(math.isfinite(p["median_s"]) for p in phases), phases
     assert phases[2]["median_s"] > 0  # the timed run trains
+    (gap,) = [r for kind, r in lines if kind == "step_gap"]
+    assert gap["n"] == 1 and 0 < gap["median_s"] < phases[0]["median_s"] + phases[1]["median_s"] + phases[2]["median_s"]
 
 
 def test_pruning_quick(tmp_path):
@@ -50,3 +52,5 @@ def test_first_step_once(tmp_path):
     cases = {r["case"]: r for kind, r in lines if kind == "first_step"}
     assert set(cases) == {"tracking", "no tracking", "imports only"}, cases
     assert all(len(r["runs"]) == 1 and r["median_s"] > 0 for r in cases.values()), cases
+    for case in ("tracking", "no tracking"):  # the first step comes before the first epoch ends
+        assert 0 < cases[case]["first_step_median_s"] < cases[case]["median_s"], cases

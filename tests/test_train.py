@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import textwrap
+
 import pytest
 
 from conftest import TINY, mlflow_runs, run_module
@@ -31,13 +34,44 @@ def test_resnet18_trunc_trains_on_digits_and_is_recorded(project):
     assert (project / "mlruns" / "artifacts").is_dir(), "artifacts live under mlruns/, absolute"
 
 
+# Writes when each backward and each MLflow create_run happened (time.time(), one line each).
+CLOCK = textwrap.dedent('''
+    import os, time
+    import mlflow, torch
+
+    out = open(os.environ["SWEEPS_TEST_CLOCK"], "a", buffering=1)
+
+    def clocked(owner, name, what):
+        original = getattr(owner, name)
+        def call(*args, **kwargs):
+            out.write(f"{what} {time.time():.6f}\\n")
+            return original(*args, **kwargs)
+        setattr(owner, name, call)
+
+    clocked(torch.Tensor, "backward", "step")
+    clocked(mlflow.MlflowClient, "create_run", "create_run")
+''')
+
+
 def test_tiny_run_returns_objective_and_summary(project):
-    proc = run_module("sweeps.train", TINY + ["tracking.experiment=tiny"], project)
+    """Also: the run's record opens after its first step (MLflow's import and store would delay that
+    step by seconds), and the run's start time is still the training's."""
+    hook = project / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CLOCK)
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "SWEEPS_TEST_CLOCK": str(project / "clock.txt")}
+    proc = run_module("sweeps.train", TINY + ["tracking.experiment=tiny"], project, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [line.split() for line in (project / "clock.txt").read_text().splitlines()]
+    steps = [float(t) for what, t in events if what == "step"]
+    (created,) = [float(t) for what, t in events if what == "create_run"]
+    assert len(steps) == 6 and steps[0] < created, events  # 2 epochs of 3 steps; opened after the first
     out = proc.stdout + proc.stderr
     assert "best val acc" in out and "test acc" in out
     (run,) = mlflow_runs(project, "tiny")
     assert run.info.status == "FINISHED"
+    assert run.info.start_time / 1000 < steps[0]
     assert run.data.tags["sweeps.state"] == "COMPLETE"
     assert run.info.run_name.startswith("dataset=digits,model.channels=[8,16]")
     assert list((project / "outputs").glob("*/*/best.pt")), "best checkpoint kept in the run dir"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class Plan:
     started: float = field(default_factory=time.perf_counter)
     seeds: list[int] = field(default_factory=list)
     replicas: list[Any] = field(default_factory=list)  # lockstep.Replica of each seed, when there are several
+    in_sweep_process: bool = False  # a job of an in-process sweep: another trial follows in this process
 
 
 @dataclass
@@ -139,6 +141,9 @@ def start_fitting(plan: Plan, cfg: DictConfig, out_dir: Path, identity: dict[str
             if step >= steps:
                 break
             yield batch
+            if step == 0:  # the first step is done: the run's record may open now, the last trial's figures be drawn
+                rec.release()
+                release_figures()
 
     def on_epoch_end(m, _result):
         rec.log_metrics({k: v for k, v in vars(m).items() if k != "epoch"}, step=m.epoch)
@@ -225,8 +230,7 @@ def finalize(plan: Plan, rec: RunRecorder, tested: Tested, cfg: DictConfig | Non
         "best_epoch": float(result.best_epoch),
         "wall_time_s": time.perf_counter() - (started or plan.started),
     }
-    rec.log_metrics(final)
-    rec.set_tags({TAG_STATE: COMPLETE})
+    rec.log_metrics(final, tags={TAG_STATE: COMPLETE})
     best_path = out_dir / checkpoint.BEST
     torch.save(tested.best_state, best_path)
     if cfg.tracking.get("log_model"):
@@ -242,37 +246,71 @@ def finalize(plan: Plan, rec: RunRecorder, tested: Tested, cfg: DictConfig | Non
             rec.log_artifacts(run_figures(history, labels, preds, n_classes, out_dir / "figures", name,
                                           class_names=classes), "figures")  # the run may have ended: that is fine
 
-        figures_later(draw, rec.run_id)
+        figures_later(draw, rec.run_id, after_next_step=plan.in_sweep_process)
     return final
 
 
-_figures: Any = None  # concurrent.futures.ThreadPoolExecutor, made on first use
+_figures_go = threading.Event()  # set: what is queued may be drawn now
+_figures_lock = threading.Lock()
+_figures_queue: list = []
+_figures_worker: threading.Thread | None = None
+FIGURES_WAIT_S = 30.0  # the longest a run's figures wait for the next trial's first step
 
 
-def figures_later(draw, run_id: str) -> None:
-    """Draw and log a finished run's figures in one background thread, off the path to the next
-    trial's first step (half a second a trial on a small CPU). One worker: pyplot is not
-    thread-safe. The interpreter waits for it at exit, and a sweep waits at its end
-    (:func:`wait_for_figures`); a kill in between loses that run's PNGs, never its metrics."""
-    global _figures
-    from concurrent.futures import ThreadPoolExecutor
+def figures_later(draw, run_id: str, after_next_step: bool = False) -> None:
+    """Draw and log a finished run's figures in a background thread (one: pyplot is not thread-safe).
 
-    if _figures is None:
-        _figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeps-figures")
+    With ``after_next_step`` (a trial of an in-process sweep) the drawing starts once the next trial
+    has taken its first step (:func:`release_figures`), the sweep ends (:func:`wait_for_figures`), the
+    interpreter exits or FIGURES_WAIT_S have passed: pyplot is half a second of Python a trial, and
+    drawn at once it would hold the interpreter's lock through the next trial's set-up; this way it
+    overlaps that trial's training (on a GPU, for free). The thread is not a daemon, so the
+    interpreter waits for the drawing at exit; a kill loses the PNGs not drawn yet, never a metric.
+    """
+    global _figures_worker
+    if after_next_step:
+        _figures_go.clear()
+    else:
+        _figures_go.set()
 
     def job() -> None:
+        deadline = time.monotonic() + FIGURES_WAIT_S
+        # The main thread stops being alive once the interpreter exits and joins this thread.
+        while not _figures_go.wait(0.1) and threading.main_thread().is_alive() and time.monotonic() < deadline:
+            pass
         try:
             draw()
         except Exception as e:  # noqa: BLE001 - figures are a view of what is recorded
             log.warning(f"could not draw or log the figures of MLflow run {run_id} ({type(e).__name__}: {e})")
 
-    _figures.submit(job)
+    with _figures_lock:
+        _figures_queue.append(job)
+        if _figures_worker is None:
+            _figures_worker = threading.Thread(target=_draw_queued, name="sweeps-figures")
+            _figures_worker.start()
+
+
+def _draw_queued() -> None:
+    global _figures_worker
+    while True:
+        with _figures_lock:
+            if not _figures_queue:
+                _figures_worker = None  # under the lock: figures_later starts another for what comes next
+                return
+            job = _figures_queue.pop(0)
+        job()
+
+
+def release_figures() -> None:
+    """Let the figures queued by :func:`figures_later` be drawn (a training's first step is done)."""
+    _figures_go.set()
 
 
 def wait_for_figures() -> None:
     """Until every figure handed to :func:`figures_later` is drawn and logged."""
-    if _figures is not None:
-        _figures.submit(lambda: None).result()
+    _figures_go.set()
+    while (worker := _figures_worker) is not None:
+        worker.join(0.05)  # in slices: a Ctrl-C meanwhile is raised between them
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -280,6 +318,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Before the run opens: data that cannot be had (CIFAR offline, a damaged cache) records nothing.
     splits = load_splits(cfg.dataset)
     link = TrialLink.open(cfg)
+    plan.in_sweep_process = link is not None and link.in_sweep_process
     keep = str(cfg.trainer.get("keep_checkpoints", "best"))
 
     def opened(rec: RunRecorder) -> None:
@@ -290,8 +329,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             rec.log_params({"n_params": plan.n_params})
             log_config_artifacts(rec, plan.out_dir)
 
-    # The run opens in the background while the model is built and trains (its first epoch's
-    # metrics wait for it): MLflow's import and store cost a single run seconds before its first step.
+    # The run opens in the background once the first step is done (its first epoch's metrics wait
+    # for it): MLflow's import and store would cost a single run seconds before that step.
     with RunRecorder(cfg, plan.run_name, plan.tags, resume_run_id=plan.resume_id, background=True,
                      on_open=opened) as rec, disk_full_is_one_paragraph(cfg, plan.out_dir):
         if plan.replicas:

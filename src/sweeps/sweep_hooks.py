@@ -70,17 +70,9 @@ class SweepsHooks(SweepHooks):
         return None if value is None else int(value)
 
     def count_params(self, cfg: DictConfig) -> int:
-        """Counted once per distinct model: building even on the meta device takes tens of milliseconds
-        before every trial, and a sweep of learning rates or augmentations trains one model throughout."""
-        from sweeps.models import model_size
+        from sweeps.models import model_size  # counted once per distinct model
 
-        # What model_size reads: the model's node (its interpolations resolved) and the dataset's shape.
-        key = (OmegaConf.to_yaml(cfg.model, resolve=True), cfg.dataset.num_classes, cfg.dataset.channels,
-               cfg.dataset.image_size)
-        counts = self.__dict__.setdefault("_counts", {})
-        if key not in counts:
-            counts[key] = int(model_size(cfg))
-        return counts[key]
+        return int(model_size(cfg))
 
     # ---- records
 

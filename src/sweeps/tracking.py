@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -271,10 +272,12 @@ class RunRecorder:
     Everything goes through the client by run id, never through MLflow's active run:
     a replicate's run (``parent_run_id``, a child of its config's run) is one of several
     open at once in one process, and with ``background=True`` the run is opened in a
-    thread (importing MLflow and opening the store take seconds that the model build
-    and the first epoch can use). ``on_open(recorder)`` runs once the run exists (in
-    that thread); whatever needs the run waits for it, and an error of the opening is
-    raised there, in the training's thread.
+    thread once the training calls :meth:`release` after its first step: importing
+    MLflow and opening the store are seconds of Python that hold the interpreter's lock,
+    and would push that step back. ``on_open(recorder)`` runs once the run exists (in
+    that thread); whatever needs the run releases the opening and waits for it, and an
+    error of the opening is raised there, in the training's thread. The run's start
+    time is the recorder's, not the opening's.
     """
 
     def __init__(self, cfg: DictConfig, run_name: str, tags: dict[str, str] | None = None,
@@ -290,6 +293,9 @@ class RunRecorder:
         self._run_id: str | None = resume_run_id
         self._resume = resume_run_id is not None
         self._client = self._monitor = self._thread = self._error = None
+        self._go = threading.Event()
+        self._state_logged = False
+        self._started_ms: int | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -301,26 +307,29 @@ class RunRecorder:
             if self.on_open is not None:
                 self.on_open(self)
             return self
+        self._started_ms = int(time.time() * 1000)
         if not self.background:
             self._open()
             return self
         check_reachable(tracking_uri(self.cfg))  # a server that is down: said now, not after an epoch
-        import threading
-
         self._thread = threading.Thread(target=self._open_in_thread, name="sweeps-mlflow-open", daemon=True)
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let a background opening begin (the training's first step is done)."""
+        self._go.set()
+
     def _open_in_thread(self) -> None:
+        self._go.wait()
         try:
             self._open()
         except BaseException as e:  # noqa: BLE001 - raised in the training's thread by _wait
             self._error = e
 
     def _wait(self) -> None:
-        import threading
-
         thread = self._thread
+        self._go.set()
         if thread is not None and thread is not threading.current_thread():  # on_open runs in it
             while thread.is_alive():  # short joins: a Ctrl-C or SIGTERM meanwhile is raised between them, cleanly
                 thread.join(0.05)
@@ -347,7 +356,8 @@ class RunRecorder:
             if parent:
                 tags = {**tags, "mlflow.parentRunId": parent}
             # the source, user and git tags MLflow's start_run adds
-            run = self._client.create_run(exp, run_name=name, tags=registry.resolve_tags(_tags(tags)))
+            run = self._client.create_run(exp, run_name=name, tags=registry.resolve_tags(_tags(tags)),
+                                          start_time=self._started_ms)
             self._run_id = run.info.run_id
             log_params(self._client, self._run_id, config_params(self.cfg))
         if not self.child and self.cfg.tracking.get("system_metrics", False):
@@ -371,7 +381,8 @@ class RunRecorder:
         if self._client is None or self._run_id is None:
             return False
         if exc_type is None:
-            self._client.set_tag(self._run_id, c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
+            if not self._state_logged:
+                self._client.set_tag(self._run_id, c.TAG_STATE, self.tags.get(c.TAG_STATE, c.COMPLETE))
             self._end("FINISHED")
             return False
         state = state_of(exc)
@@ -407,17 +418,25 @@ class RunRecorder:
         if self.enabled:
             log_params(self._client, self.run_id, params)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, tags: dict[str, Any] | None = None) -> None:
+        """One write (a commit on SQLite, each an fsync) for the metrics and ``tags`` together."""
         if self.enabled:
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric, RunTag
 
             run_id, now = self.run_id, int(time.time() * 1000)
-            self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+            self._client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()],
+                                   tags=[RunTag(k, v) for k, v in _tags(tags or {}).items()])
+            self._note_state(tags)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled and tags:
             self._wait()
             self._log_tags(tags)
+            self._note_state(tags)
+
+    def _note_state(self, tags: dict[str, Any] | None) -> None:
+        if tags and c.TAG_STATE in tags:  # a clean end need not write it again
+            self._state_logged = True
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():

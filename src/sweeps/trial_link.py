@@ -30,6 +30,7 @@ from sweeps import objectives
 class TrialLink:
     study: Any  # optuna.Study
     trial: Any  # optuna.trial.Trial
+    in_sweep_process: bool = False  # the job runs in the sweep's own process (Hydra's basic launcher)
 
     @classmethod
     def open(cls, cfg: DictConfig) -> TrialLink | None:
@@ -40,7 +41,7 @@ class TrialLink:
         from hydra.core.hydra_config import HydraConfig
         from hydra.utils import instantiate
 
-        from sweeps_optuna.storage import open_shared
+        from sweeps_optuna.storage import open_shared, shared_here
 
         pruner = optuna.pruners.NopPruner()
         if HydraConfig.initialized():
@@ -50,7 +51,7 @@ class TrialLink:
                 pruner = instantiate(pruner_cfg)
         study = optuna.load_study(study_name=cfg.trial.study, storage=open_shared(cfg.trial.storage), pruner=pruner)
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(cfg.trial.number))
-        return cls(study, optuna.trial.Trial(study, trial_id))
+        return cls(study, optuna.trial.Trial(study, trial_id), shared_here(cfg.trial.storage))
 
     def record_run(self, run_id: str | None) -> None:
         if run_id:

@@ -144,10 +144,13 @@ def share(url: str, storage: Any) -> None:
 def open_shared(url: Any) -> Any:
     """The sweep's own storage for ``url`` when this process opened it, else a fresh one
     (a job in another process, or a forked one, whose inherited connections are not its own)."""
+    return _SHARED[url][1] if shared_here(url) else open_storage(url)
+
+
+def shared_here(url: Any) -> bool:
+    """Whether this process is the sweep's that opened ``url``: a job running in it is in-process."""
     entry = _SHARED.get(url) if isinstance(url, str) else None
-    if entry is not None and entry[0] == os.getpid():
-        return entry[1]
-    return open_storage(url)
+    return entry is not None and entry[0] == os.getpid()
 
 
 def _rdb_storage_created_once(url: str, attempts: int = 5) -> Any:

@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -74,6 +75,20 @@ def disk_cache_enabled(cfg: DictConfig) -> bool:
 
 def clear_memory_cache() -> None:
     _MEMORY.clear()
+    _SPLITS.clear()
+
+
+_SPLITS: dict[tuple, Any] = {}  # the last dataset's Splits: an in-process sweep's trials share them
+
+
+def split_once(key: tuple, split: Callable[[], Any]) -> Any:
+    """``split()``'s result, made once per ``key`` in this process (one dataset at a time, so that a
+    sweep over datasets keeps no stale copy); read-only, like :func:`cached_decode`'s tensors."""
+    if key not in _SPLITS:
+        value = split()
+        _SPLITS.clear()
+        _SPLITS[key] = value
+    return _SPLITS[key]
 
 
 def _check_split(images, labels, what: str) -> Split:

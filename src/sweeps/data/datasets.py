@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from sweeps.data.cache import cached_decode
+from sweeps.data.cache import cached_decode, content_key, split_once
 from sweeps.data.splits import Split, Splits, split_off
 from sweeps.errors import ConfigError, DataUnavailable
 
@@ -82,11 +82,16 @@ _LOADERS = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "fake": _f
 
 
 def load_splits(cfg: DictConfig) -> Splits:
-    """Train/validation/test splits for the ``dataset`` config node."""
+    """Train/validation/test splits for the ``dataset`` config node, read-only like
+    :func:`cached_decode`'s tensors (every trial of an in-process sweep gets the same)."""
     if cfg.name not in _LOADERS:
         raise ConfigError(
             f"dataset.name={cfg.name!r} is not a known dataset; use one of {sorted(_LOADERS)}."
         )
-    train, test = cached_decode(cfg, lambda: _LOADERS[cfg.name](cfg))
-    train, val = split_off(train, float(cfg.val_fraction), int(cfg.split_seed))
-    return Splits(train, val, test)
+
+    def split() -> Splits:
+        train, test = cached_decode(cfg, lambda: _LOADERS[cfg.name](cfg))
+        train, val = split_off(train, float(cfg.val_fraction), int(cfg.split_seed))
+        return Splits(train, val, test)
+
+    return split_once((content_key(cfg), float(cfg.val_fraction), int(cfg.split_seed)), split)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from sweeps.errors import BudgetExceeded, ConfigError
@@ -51,10 +51,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+_sizes: dict[tuple, int] = {}
+
+
 def model_size(cfg: DictConfig) -> int:
     """Parameter count of ``cfg.model`` for ``cfg.dataset``, without allocating it: what the
-    budget is checked against before any data is loaded (and by the sweeper before launch)."""
-    return count_parameters(build_model(cfg, for_counting=True))
+    budget is checked against before any data is loaded (and by the sweeper before launch).
+
+    Counted once per distinct model in a process: building even on the meta device takes tens
+    of milliseconds, and an in-process sweep would count each trial's model twice (the sweeper,
+    then the job), though a sweep of learning rates or augmentations trains one model throughout.
+    """
+    # What the count depends on: the model's node (its interpolations resolved) and the dataset's shape.
+    key = (OmegaConf.to_yaml(cfg.model, resolve=True), cfg.dataset.num_classes, cfg.dataset.channels,
+           cfg.dataset.image_size)
+    if key not in _sizes:
+        _sizes[key] = count_parameters(build_model(cfg, for_counting=True))
+    return _sizes[key]
 
 
 def check_budget(n_params: int, cfg: DictConfig) -> None:
