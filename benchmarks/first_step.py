@@ -88,5 +88,6 @@ def main() -> None:
           f"recorded: {statistics.median(times['tracking']) - statistics.median(times['no tracking']):+.2f} s; "
           f"the imports alone: {statistics.median(times['imports only']):.2f} s")
 
+
 if __name__ == "__main__":
     main()

@@ -160,7 +160,7 @@ class Interrupted(KeyboardInterrupt):
     @classmethod
     def _raise(cls, signum: int, frame: Any) -> None:
         Interrupted.pending = signum
-        raise cls(f"received {signal.Signals(signum).name}")
+        cls.check()
 
     @classmethod
     def check(cls) -> None:
