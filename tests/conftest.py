@@ -14,6 +14,12 @@ import pytest
 # cores. One thread each (inherited by every subprocess) changes no result, only the waiting.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first: pytest-xdist hands tests out in this order, so none of the longest
+    (two minutes and more) starts last while the other workers sit idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 # A model small enough that a CPU epoch on digits takes well under a second.
 TINY = [
     "dataset=digits",
