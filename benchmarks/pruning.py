@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--limit-train-batches", type=int, default=None,
                     help="batches per epoch (default: the whole split), for a shorter run of the same comparison")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="more overrides for every sweep, e.g. trainer.batch_size=32 (more steps per digits epoch)")
+                    help="more overrides for every sweep, e.g. dataset.val_fraction=0.3 (a larger validation split)")
     ap.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy (default 0.5)")
     ap.add_argument("--quick", action="store_true", help="2 pruners, 1 seed, 2 trials of 2 epochs, 3 batches each")
     args = ap.parse_args()

@@ -20,6 +20,7 @@ def pytest_collection_modifyitems(items):
     (two minutes and more) starts last while the other workers sit idle."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
+
 # A model small enough that a CPU epoch on digits takes well under a second.
 TINY = [
     "dataset=digits",
