@@ -43,12 +43,19 @@ SITECUSTOMIZE = textwrap.dedent('''
     if POINT == "job-opened-its-run":  # the job's MLflow run exists; its trial does not know it yet
         import mlflow
         after(mlflow.MlflowClient, "create_run", lambda self, *a, **k: "sweeps.trial" in (k.get("tags") or {}))
-    elif POINT == "asked-before-owner":  # Optuna made the trial RUNNING; no owner is written yet
+    elif POINT == "popped-before-owner":  # a queued trial was made RUNNING; no owner is written yet
         import optuna
-        after(optuna.study.Study, "ask")
-    elif POINT == "owner-written":  # the trial has its owner; nothing launched yet
+        original = optuna.study.Study._pop_waiting_trial_id
+        def pop(self):
+            trial_id = original(self)
+            if trial_id is not None:
+                kill()
+            return trial_id
+        optuna.study.Study._pop_waiting_trial_id = pop
+    elif POINT == "owner-written":  # the trial exists with its owner, written with it; nothing launched yet
         import optuna
-        after(optuna.storages.RDBStorage, "set_trial_user_attr", lambda self, trial_id, key, value: key == "owner")
+        after(optuna.storages.RDBStorage, "_create_new_trial",
+              lambda self, study_id, template=None: template is not None and "owner" in template.user_attrs)
     elif POINT == "job-ended-before-tell":  # the job finished and recorded its run; the study was not told
         from sweeps_optuna import trial_runner
         original = trial_runner.TrialRunner.tell_result
@@ -58,7 +65,10 @@ SITECUSTOMIZE = textwrap.dedent('''
         trial_runner.TrialRunner.tell_result = tell_result
 ''')
 
-POINTS = ["job-opened-its-run", "asked-before-owner", "owner-written", "job-ended-before-tell"]
+POINTS = ["job-opened-its-run", "popped-before-owner", "owner-written", "job-ended-before-tell"]
+# A new trial gets its owner in the write that makes it, so the one ownerless window is a queued
+# trial's: the sweep that queued it again (after the first kill) is killed as it takes it up.
+BEFORE = {"popped-before-owner": "job-opened-its-run"}
 LRS = (0.01, 0.02)
 
 
@@ -71,11 +81,11 @@ def sweep_args(name: str) -> list[str]:
 
 def killed_run(root: Path, args: list[str], point: str) -> subprocess.CompletedProcess:
     hook = root / "hook"
-    hook.mkdir()
+    hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {k: v for k, v in os.environ.items() if k not in ("SWEEPS_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
     env.update(PYTHONPATH=os.pathsep.join([str(hook), env.get("PYTHONPATH", "")]), PYTHONUNBUFFERED="1",
-               SWEEPS_TEST_KILL_AT=point, SWEEPS_TEST_KILL_ONCE=str(root / "killed"))
+               SWEEPS_TEST_KILL_AT=point, SWEEPS_TEST_KILL_ONCE=str(root / f"killed-{point}"))
     return subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300, start_new_session=True)  # its own group: the kill spares pytest
 
@@ -105,9 +115,10 @@ def assert_final(root: Path, name: str) -> None:
 def test_one_rerun_after_a_kill_leaves_every_record_final(tmp_path, point):
     name = point.replace("-", "_")
     args = sweep_args(name)
-    killed = killed_run(tmp_path, args, point)
-    assert (tmp_path / "killed").exists(), (killed.stdout + killed.stderr)[-3000:]
-    assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
+    for at in [BEFORE[point], point] if point in BEFORE else [point]:
+        killed = killed_run(tmp_path, args, at)
+        assert (tmp_path / f"killed-{at}").exists(), (killed.stdout + killed.stderr)[-3000:]
+        assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]
     again = run_module("sweeps.train", args, tmp_path, timeout=300)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "Traceback" not in again.stdout + again.stderr

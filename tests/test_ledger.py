@@ -194,6 +194,32 @@ def test_a_stale_trial_whose_job_did_not_end_is_interrupted_and_its_point_queued
     assert tally.running == [] and tally.counted == 0
 
 
+def test_a_new_trial_is_made_with_its_owner_in_one_write_and_a_queued_one_gets_it_on_the_pop(tmp_path):
+    study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
+    made = []
+    create = study._storage.create_new_trial
+    study._storage.create_new_trial = lambda *a, **k: made.append(a) or create(*a, **k)
+    trial = ledger.ask(study, 5, SPACE, me())
+    (frozen,) = study.trials
+    assert len(made) == 1 and frozen.user_attrs[contract.OWNER]["pid"] == os.getpid()  # never ownerless
+    assert frozen.state == TrialState.RUNNING and frozen.datetime_start is not None and "x" in trial.params
+    study.enqueue_trial({"x": 0.25})
+    queued = ledger.ask(study, 5, SPACE, me())
+    assert queued.params == {"x": 0.25} and queued.number == 1
+    assert study.trials[1].user_attrs[contract.OWNER]["pid"] == os.getpid()
+
+
+def test_a_queued_trial_that_died_before_it_was_sampled_queues_its_point_again():
+    study = new_study()
+    study.enqueue_trial({"x": 0.25})
+    popped = study._pop_waiting_trial_id()  # RUNNING, no params, no owner: its process died right here
+    t = study._storage.get_trial(popped)
+    assert t.params == {} and t.state == TrialState.RUNNING
+    assert ledger.interrupt(study, t, "interrupted (its process is gone)")
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.system_attrs["fixed_params"] == {"x": 0.25}
+
+
 def test_a_stale_trial_whose_job_ended_is_recovered_with_that_outcome_not_rerun():
     study = new_study()
     t = running_trial(study, dead_owner())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable, List, Optional
 
 import optuna
@@ -78,8 +79,7 @@ def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: di
     package, a bug, a search space it cannot handle), so no trial stays RUNNING for it. ``tally``:
     the study as read just before asking, which settles rule 2 without another read while the
     study is far from full (see :func:`claim`)."""
-    trial = study.ask()
-    study._storage.set_trial_user_attr(trial._trial_id, OWNER, owner)
+    trial = _ask_owned(study, owner)
     if not claim(study, trial, n_trials, tally):
         return None
     try:
@@ -89,6 +89,30 @@ def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: di
         fail(study, trial, f"the sampler {type(study.sampler).__name__} failed: {type(e).__name__}: {e}")
         return None
     return trial
+
+
+def _ask_owned(study: optuna.Study, owner: dict) -> optuna.trial.Trial:
+    """``study.ask()`` with ``owner`` in the very write that makes the trial RUNNING, so a new trial is
+    never ownerless and its owner costs no storage write (an fsync on SQLite) of its own.
+
+    A trial popped from the queue (WAITING, made RUNNING by the pop) still gets its owner in
+    a second write, a window of milliseconds that :func:`.liveness.is_stale`'s grace covers.
+    """
+    pop = getattr(study, "_pop_waiting_trial_id", None)
+    if pop is None or not hasattr(study, "_thread_local"):  # pragma: no cover - a future Optuna: two writes
+        trial = study.ask()
+        study._storage.set_trial_user_attr(trial._trial_id, OWNER, owner)
+        return trial
+    study._thread_local.cached_all_trials = None  # what study.ask() does first: sync with the storage
+    trial_id = pop()
+    if trial_id is None:
+        template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                               datetime_complete=None, params={}, distributions={}, user_attrs={OWNER: owner},
+                               system_attrs={}, intermediate_values={}, trial_id=-1)
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    else:
+        study._storage.set_trial_user_attr(trial_id, OWNER, owner)
+    return optuna.Trial(study, trial_id)
 
 
 def fail(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
@@ -162,8 +186,10 @@ def interrupt(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    params = dict(t.params) or _grid_point(study.sampler, t)
-    if params:  # a trial killed before it was sampled has nothing to queue: the next ask samples afresh
+    # a queued trial killed before it was sampled still has its point in ``fixed_params``; a new one
+    # has nothing to queue (the next ask samples afresh) unless the grid sampler gave it its point
+    params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {}) or _grid_point(study.sampler, t)
+    if params:
         study.enqueue_trial(params)
     return True
 

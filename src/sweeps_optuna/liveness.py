@@ -1,16 +1,17 @@
 """Whether the process that runs a trial is still alive.
 
 Each running trial carries one ``owner`` record (host, pid, the pid's start
-time, and the time of its last heartbeat), written in a single storage write
-when the trial is asked and rewritten every ``heartbeat_interval`` seconds, so
-a kill can never leave half an owner behind. A RUNNING trial is stale when
+time, and the time of its last heartbeat), written in the storage write that
+makes the trial (or, for a queued trial, in one write as it is taken up) and
+rewritten every ``heartbeat_interval`` seconds, so a kill can never leave half
+an owner behind. A RUNNING trial is stale when
 
 * its owner is on this host and that process is gone (or its pid was reused):
   at once, without waiting for a heartbeat;
 * its owner is on another host and its last heartbeat is older than
   ``STALE_HEARTBEATS`` intervals;
-* it has no owner at all (its process died between Optuna's ``ask`` and the
-  owner's write, a window of milliseconds) and it started more than
+* it has no owner at all (its process died between taking a queued trial up
+  and the owner's write, a window of milliseconds) and it started more than
   ``ownerless_grace`` seconds ago. A sweep that finds such a trial waits that
   long rather than leave it RUNNING, so one re-run always settles the study.
 
