@@ -209,6 +209,25 @@ def test_a_new_trial_is_made_with_its_owner_in_one_write_and_a_queued_one_gets_i
     assert study.trials[1].user_attrs[contract.OWNER]["pid"] == os.getpid()
 
 
+def test_a_trials_parameters_are_written_in_one_sqlite_commit_and_read_back_as_sampled(tmp_path):
+    import sqlalchemy
+
+    study = new_study(f"sqlite:///{tmp_path / 'study.db'}")
+    space = {"x": FloatDistribution(0.0, 1.0), "lr": FloatDistribution(1e-4, 1.0, log=True),
+             "opt": CategoricalDistribution(["sgd", "adamw"])}
+    writes = []
+    sqlalchemy.event.listen(study._storage._backend.engine, "before_cursor_execute",
+                            lambda conn, cur, stmt, *a: writes.append(stmt) if stmt.startswith("INSERT INTO trial_params")
+                            else None)
+    commits = []
+    sqlalchemy.event.listen(study._storage._backend.engine, "commit", lambda conn: commits.append(len(writes)))
+    trial = ledger.ask(study, 5, space, me())
+    assert len(writes) == 3 and sorted(set(commits)) == [0, 3], commits  # all three in one commit
+    again = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials[0]
+    assert again.params == trial.params and set(again.params) == set(space)
+    assert again.distributions == space
+
+
 def test_a_queued_trial_that_died_before_it_was_sampled_queues_its_point_again():
     study = new_study()
     study.enqueue_trial({"x": 0.25})

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .contract import COMPLETE, FAIL, FAIL_REASON, INTERRUPTED, OWNER, REASON, RECOVERED, SURPLUS, is_counted, is_failure
 from .hooks import Outcome
 from .liveness import owner_text
+from .storage import params_in_one_write
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ def ask(study: optuna.Study, n_trials: int, fixed_distributions: dict, owner: di
     if not claim(study, trial, n_trials, tally):
         return None
     try:
-        for name, dist in fixed_distributions.items():
-            trial._suggest(name, dist)  # what study.ask(fixed_distributions) does, after the owner is known
+        with params_in_one_write(study._storage):
+            for name, dist in fixed_distributions.items():
+                trial._suggest(name, dist)  # what study.ask(fixed_distributions) does, after the owner is known
     except Exception as e:  # noqa: BLE001 - the sampler's own code
         fail(study, trial, f"the sampler {type(study.sampler).__name__} failed: {type(e).__name__}: {e}")
         return None

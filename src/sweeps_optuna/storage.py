@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -186,3 +187,48 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(found)
+
+
+@contextmanager
+def params_in_one_write(storage: Any) -> Iterator[None]:
+    """A trial's parameters, set in this thread inside the block, written in one transaction at its end.
+
+    Optuna >= 3 commits each parameter on its own, and on SQLite each commit is an
+    fsync (milliseconds) on the path between two trials: eleven for ``joint``'s
+    space, where Optuna 2 (the stock plugin's) buffered them. An RDB storage gets
+    them in one commit, with Optuna's own per-parameter checks; any other storage
+    (journal, in memory), or a block that raises, is left to Optuna as it is: a
+    parameter is durable before the trial launches either way.
+    """
+    backend = getattr(storage, "_backend", storage)
+    write_one = getattr(backend, "_set_trial_param_without_commit", None)
+    if not (_is_rdb(backend) and callable(write_one) and "_set_trial_param" not in vars(backend)):
+        yield
+        return
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    here, pending, direct = threading.get_ident(), [], backend._set_trial_param
+
+    def buffered(*args: Any) -> None:
+        if threading.get_ident() == here:
+            pending.append(args)
+        else:  # another thread's trial (none today): written at once, as Optuna would
+            direct(*args)
+
+    backend._set_trial_param = buffered
+    try:
+        yield
+    finally:
+        del backend._set_trial_param
+    if pending:
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for args in pending:
+                write_one(session, *args)
+
+
+def _is_rdb(backend: Any) -> bool:
+    try:
+        from optuna.storages import RDBStorage
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(backend, RDBStorage)
