@@ -1,8 +1,9 @@
 """Does pruning pay off? The same sweep with each pruner, on the same sampler seeds.
 
-    python benchmarks/pruning.py                               # 30 trials x 9 epochs, seeds 0 1 2
-    python benchmarks/pruning.py --pruners none hyperband --seeds 0 1 2 3 4
-    python benchmarks/pruning.py --pruners none successive_halving:min_resource=2,reduction_factor=3
+    python benchmarks/pruning.py                               # 30 trials x 9 epochs, seeds 0-4, 5 pruners
+    python benchmarks/pruning.py --pruners none successive_halving:min_resource=2 --seeds 0 1 2
+    python benchmarks/pruning.py --pruners none hyperband:min_resource=2,reduction_factor=3
+    python benchmarks/pruning.py --override dataset.val_fraction=0.1   # the default 144-image split
     python benchmarks/pruning.py --trials 16 --epochs 8 --limit-train-batches 6 --override trainer.batch_size=128
     python benchmarks/pruning.py --quick                        # the suite's tiny run
 
@@ -10,10 +11,16 @@ Each run is a real ``python -m sweeps.train`` sweep in a fresh folder: the tiny
 digits model, ``optim.lr`` log-uniform over 1e-4..1 (where many trials are
 hopeless, as in a real lr search), TPE with the given seed, one process. For
 each pruner it prints the epochs trained (the epochs every trial reported to the
-study, summed), wall seconds and the best validation accuracy per seed; then
-the pruners that reach the unpruned best (within ``--tolerance`` points on
-every seed) with at least 2x fewer epochs. Machine-readable lines start with
-``pruning``.
+study, summed), wall seconds, the best validation accuracy per seed and its
+mean and worst change against no pruning on the same seed; then the pruners
+that train at most half the epochs and keep the unpruned best: its mean over
+the seeds within ``--tolerance`` points (the verdict), and on every seed (also
+printed). The mean is the verdict because one seed's best is a maximum over
+the trials TPE happened to draw: without pruning it moves by up to a point
+between seeds, so two sweeps agree on a seed to half a point by luck as often
+as by merit. Machine-readable lines start with ``pruning``.
+The epochs and best values of a seed are the same on every run (seeded
+sampler, seeded training, one thread); the seconds are the machine's.
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ from pathlib import Path
 
 # Batch 32: a digits epoch is 36 steps, a pass that teaches, as a CIFAR epoch does; an epoch of a
 # few steps leaves every trial near chance at the first rungs, where pruners decide.
-MODEL = ["trainer.batch_size=32", "dataset=digits", "model.channels=[8,16]", "model.blocks=[1,1]",
-         "model.stem_channels=8", "model.pool=4", "model.head=[]", "trainer.progress=false",
+# A 431-image validation split (30% of digits' train split): one image is 0.23 points, under the
+# 0.5-point tolerance; on the default 144-image split one image is 0.69 points, so "the same best"
+# would mean the same image count, a coin flip between two sweeps that draw different trials.
+MODEL = ["trainer.batch_size=32", "dataset=digits", "dataset.val_fraction=0.3", "model.channels=[8,16]",
+         "model.blocks=[1,1]", "model.stem_channels=8", "model.pool=4", "model.head=[]", "trainer.progress=false",
          "tracking.log_model=false", "tracking.log_figures=false"]
 
 
@@ -57,6 +67,10 @@ def sweep(pruner: str, seed: int, trials: int, epochs: int, extra: list[str]) ->
                 f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.max_failure_rate=1.0",
                 "optim.lr=tag(log, interval(1e-4, 1.0))", f"trainer.epochs={epochs}", *MODEL, *extra]
         env = {k: v for k, v in os.environ.items() if k not in ("SWEEPS_OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+        # One thread: a CPU convolution's sums differ with the thread count, and a sweep's best with
+        # them, so a seed's figures are the same on every run only at a fixed count (and two runs of
+        # this script can share a 2-core machine).
+        env["OMP_NUM_THREADS"] = "1"
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "sweeps.train", *args], cwd=tmp, capture_output=True, text=True,
                               timeout=7200, env=env)
@@ -72,15 +86,16 @@ def sweep(pruner: str, seed: int, trials: int, epochs: int, extra: list[str]) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pruners", nargs="+", default=["none", "median", "successive_halving", "hyperband"],
+    ap.add_argument("--pruners", nargs="+", default=["none", "successive_halving:min_resource=2", "hyperband",
+                                                      "successive_halving", "median"],
                     help="conf names of hydra/sweeper/pruner, each optionally with :key=value,... settings")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--limit-train-batches", type=int, default=None,
                     help="batches per epoch (default: the whole split), for a shorter run of the same comparison")
     ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="more overrides for every sweep, e.g. dataset.val_fraction=0.3 (a larger validation split)")
+                    help="more overrides for every sweep, e.g. dataset.val_fraction=0.1 (the default 144-image split)")
     ap.add_argument("--tolerance", type=float, default=0.5, help="points of accuracy (default 0.5)")
     ap.add_argument("--quick", action="store_true", help="2 pruners, 1 seed, 2 trials of 2 epochs, 3 batches each")
     args = ap.parse_args()
@@ -99,24 +114,31 @@ def main() -> None:
           + (f" of {args.limit_train_batches} batches" if args.limit_train_batches else "")
           + (f", {' '.join(args.override)}" if args.override else "")
           + f", TPE seeds {args.seeds} ({os.cpu_count()} CPUs)")
-    print("| pruner | epochs trained | vs none | wall s | best val acc per seed | pruned trials |\n|---|---|---|---|---|---|")
+    print("| pruner | epochs trained | vs none | wall s | best val acc per seed | mean / worst change, points "
+          "| pruned trials |\n|---|---|---|---|---|---|---|")
     base = {r["seed"]: r for r in results.get("none", [])}
     base_epochs = sum(r["epochs"] for r in base.values())
+
+    def change(rs: list[dict]) -> list[float]:
+        """Points of best val acc against no pruning on the same seed."""
+        return [100 * (r["best"] - base[r["seed"]]["best"]) for r in rs if r["seed"] in base]
+
     for pruner, rs in results.items():
         epochs = sum(r["epochs"] for r in rs)
         ratio = f"{epochs / base_epochs:.2f}x" if base_epochs else "n/a"
         bests = " / ".join(f"{100 * r['best']:.2f}" for r in rs)
-        print(f"| {pruner} | {epochs} | {ratio} | {sum(r['wall_s'] for r in rs):.0f} | {bests} | "
+        deltas = change(rs)
+        moved = f"{statistics.mean(deltas):+.2f} / {min(deltas):+.2f}" if deltas and pruner != "none" else ""
+        print(f"| {pruner} | {epochs} | {ratio} | {sum(r['wall_s'] for r in rs):.0f} | {bests} | {moved} | "
               f"{sum(r['pruned'] for r in rs)} |")
     if base:
-        good = [p for p, rs in results.items() if p != "none"
-                and all(100 * (base[r["seed"]]["best"] - r["best"]) <= args.tolerance for r in rs)
-                and 2 * sum(r["epochs"] for r in rs) <= base_epochs]
-        print(f"pruning {json.dumps({'recommended': good, 'tolerance_pp': args.tolerance})}")
-        print("recommended (same best within "
-              f"{args.tolerance} points on every seed, >= 2x fewer epochs): {', '.join(good) or 'none of them'}")
-        print("median best: " + ", ".join(f"{p} {100 * statistics.median(r['best'] for r in rs):.2f}"
-                                           for p, rs in results.items()))
+        cheap = {p: rs for p, rs in results.items() if p != "none" and 2 * sum(r["epochs"] for r in rs) <= base_epochs}
+        good = [p for p, rs in cheap.items() if statistics.mean(change(rs)) >= -args.tolerance]
+        strict = [p for p, rs in cheap.items() if min(change(rs)) >= -args.tolerance]
+        print(f"pruning {json.dumps({'recommended': good, 'on_every_seed': strict, 'tolerance_pp': args.tolerance})}")
+        print(f"recommended (>= 2x fewer epochs, mean best over the seeds within {args.tolerance} points of "
+              f"no pruning's): {', '.join(good) or 'none of them'}; within it on every seed: "
+              f"{', '.join(strict) or 'none of them'}")
 
 
 if __name__ == "__main__":

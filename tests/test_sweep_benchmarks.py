@@ -45,6 +45,7 @@ def test_pruning_quick(tmp_path):
     assert none["epochs"] == 4 and none["pruned"] == 0  # no pruner: every trial trains its 2 epochs
     verdict = [r for kind, r in lines if kind == "pruning" and "recommended" in r]
     assert verdict and verdict[0]["tolerance_pp"] == 0.5
+    assert set(verdict[0]["on_every_seed"]) <= set(verdict[0]["recommended"]) <= {"median"}  # within on every seed: within on the mean
 
 
 def test_first_step_once(tmp_path):
