@@ -193,12 +193,12 @@ def storage_errors() -> tuple[type[BaseException], ...]:
 def params_in_one_write(storage: Any) -> Iterator[None]:
     """A trial's parameters, set in this thread inside the block, written in one transaction at its end.
 
-    Optuna >= 3 commits each parameter on its own, and on SQLite each commit is an
+    Optuna commits each parameter on its own, and on SQLite each commit is an
     fsync (milliseconds) on the path between two trials: eleven for ``joint``'s
-    space, where Optuna 2 (the stock plugin's) buffered them. An RDB storage gets
-    them in one commit, with Optuna's own per-parameter checks; any other storage
-    (journal, in memory), or a block that raises, is left to Optuna as it is: a
-    parameter is durable before the trial launches either way.
+    space. An RDB storage gets them in one commit, with Optuna's own
+    per-parameter checks; any other storage (journal, in memory) is left to
+    Optuna as it is. A block that raises writes none of them (the caller fails
+    its trial). Either way every parameter is durable before the trial launches.
     """
     backend = getattr(storage, "_backend", storage)
     write_one = getattr(backend, "_set_trial_param_without_commit", None)
