@@ -200,13 +200,18 @@ def params_in_one_write(storage: Any) -> Iterator[None]:
     Optuna as it is. A block that raises writes none of them (the caller fails
     its trial). Either way every parameter is durable before the trial launches.
     """
+    import optuna
+
     backend = getattr(storage, "_backend", storage)
-    write_one = getattr(backend, "_set_trial_param_without_commit", None)
-    if not (_is_rdb(backend) and callable(write_one) and "_set_trial_param" not in vars(backend)):
+    try:
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:  # pragma: no cover - a future Optuna without it: a commit per parameter, as it does
+        _create_scoped_session = None
+    if (_create_scoped_session is None or not isinstance(backend, optuna.storages.RDBStorage)
+            or not hasattr(backend, "_set_trial_param") or not hasattr(backend, "_set_trial_param_without_commit")
+            or "_set_trial_param" in vars(backend)):  # the last: a block inside another's
         yield
         return
-    from optuna.storages._rdb.storage import _create_scoped_session
-
     here, pending, direct = threading.get_ident(), [], backend._set_trial_param
 
     def buffered(*args: Any) -> None:
@@ -223,12 +228,4 @@ def params_in_one_write(storage: Any) -> Iterator[None]:
     if pending:
         with _create_scoped_session(backend.scoped_session, True) as session:
             for args in pending:
-                write_one(session, *args)
-
-
-def _is_rdb(backend: Any) -> bool:
-    try:
-        from optuna.storages import RDBStorage
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(backend, RDBStorage)
+                backend._set_trial_param_without_commit(session, *args)
