@@ -50,3 +50,102 @@ def test_a_launcher_pickled_for_a_remote_job_carries_no_config():
     once.compose_for_launch(OmegaConf.create({}), ["a=1"])
     copy = pickle.loads(pickle.dumps(once))
     assert copy._kept is None and copy.other == "read through"
+
+
+# ---------------------------------------------------------------------- against Hydra's own composition
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: E402
+from hydra._internal.utils import create_config_search_path  # noqa: E402
+from hydra.core.plugins import Plugins  # noqa: E402
+from hydra.core.utils import JobRuntime  # noqa: E402
+from hydra.errors import ConfigCompositionException  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class Counting:
+    """Hydra's real loader, counting the compositions it makes."""
+
+    def __init__(self, loader):
+        self.loader, self.composed = loader, []
+
+    def load_sweep_config(self, master, overrides):
+        self.composed.append(list(overrides))
+        return self.loader.load_sweep_config(master, overrides)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+@pytest.fixture(scope="module")
+def train_app():
+    """sweeps.train's config tree as a multirun's master config, with a hydra override of its own."""
+    JobRuntime.instance().set("name", "train")
+    Plugins.instance()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))
+    master = loader.load_configuration("train", ["hydra/sweeper=sweeps_optuna", "hydra.sweeper.n_trials=3", "hydra.job.config.override_dirname."
+                                                 "exclude_keys=[seed]", "dataset=digits"], RunMode.MULTIRUN)
+    return loader, master
+
+
+def _same(a, b):
+    assert OmegaConf.to_yaml(a) == OmegaConf.to_yaml(b)
+    assert OmegaConf.to_yaml(a.hydra) == OmegaConf.to_yaml(b.hydra)  # the hydra node is not in to_yaml's root
+
+
+TRIALS = [
+    ["dataset=digits", "optim.lr=0.01", "optim.weight_decay=0.001"],
+    ["dataset=digits", "optim.lr=0.02", "optim.weight_decay=0.003", "seed=4"],  # the first one's template
+    ["model.shortcut=B", "model=resnet20", "optim=sgd", "optim.lr=0.5", "dataset=digits"],
+    ["model.depth=32", "model=resnet20", "optim=sgd", "optim.lr=0.1", "dataset=digits", "+extra.note=a b"],
+    ["dataset=digits", "++optim.lr=1e-3", "~trainer.tta_crop", "model.head=[]"],
+    ["dataset=digits", "optim={lr: 0.3}"],  # a dict on a group's key is a value (Hydra's rule)
+]
+
+
+def test_a_config_from_a_template_is_the_one_hydra_composes(train_app):
+    loader, master = train_app
+    counting = Counting(loader)
+    once = ComposeOnce(counting)
+    for overrides in TRIALS:
+        _same(once.compose_for_launch(master, overrides), loader.load_sweep_config(master, overrides))
+        _same(once.load_sweep_config(master, overrides), loader.load_sweep_config(master, overrides))
+    # one composition per distinct set of group choices: digits; resnet20 + sgd + digits (twice)
+    assert counting.composed == [["dataset=digits"], ["model=resnet20", "optim=sgd", "dataset=digits"]]
+
+
+def test_a_launcher_changing_its_config_leaves_the_template_as_it_was(train_app):
+    loader, master = train_app
+    once = ComposeOnce(loader)
+    cfg = once.compose_for_launch(master, TRIALS[0])
+    cfg.optim.lr = 123.0
+    cfg.hydra.job.num = 7
+    assert once.load_sweep_config(master, TRIALS[0]) is cfg  # the launch it was composed for
+    _same(once.load_sweep_config(master, TRIALS[0]), loader.load_sweep_config(master, TRIALS[0]))
+
+
+@pytest.mark.parametrize("bad", ["optim.nosuch=1", "+optim.lr=1", "~nosuch.key"])
+def test_a_bad_value_override_fails_as_hydra_fails(train_app, bad):
+    loader, master = train_app
+    once = ComposeOnce(loader)
+    once.compose_for_launch(master, ["dataset=digits"])  # a template exists for the trial's groups
+    with pytest.raises(ConfigCompositionException) as hydra_error:
+        loader.load_sweep_config(master, ["dataset=digits", bad])
+    with pytest.raises(ConfigCompositionException) as ours:
+        once.load_sweep_config(master, ["dataset=digits", bad])
+    assert str(ours.value) == str(hydra_error.value)
+
+
+def test_hydra_overrides_and_sweeps_take_hydras_whole_path(train_app):
+    loader, master = train_app
+    counting = Counting(loader)
+    once = ComposeOnce(counting)
+    for overrides in (["dataset=digits", "hydra.job.name=x"], ["dataset=digits", "hydra.job.name=y"]):
+        _same(once.load_sweep_config(master, overrides), loader.load_sweep_config(master, overrides))
+    with pytest.raises(ConfigCompositionException):
+        once.load_sweep_config(master, ["optim.lr=1,2"])
+    assert len(counting.composed) == 3, counting.composed
