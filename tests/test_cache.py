@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,26 @@ def test_unwritable_root_warns_and_trains_on(digits, caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="sweeps.data.cache"):
         splits = load_splits(cfg)
     assert len(splits.train) > 0 and "could not write" in caplog.text
+
+
+def test_digits_are_scikit_learns_without_importing_it(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    images, labels = datasets.digits_arrays()
+    assert images.shape == (1797, 8, 8) and (images == reference.images).all()
+    assert (labels == reference.target).all()
+    # a scikit-learn without that file: load_digits itself
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    images, labels = datasets.digits_arrays()
+    assert (images == reference.images).all() and (labels == reference.target).all()
+
+
+def test_decoding_digits_leaves_scikit_learn_unimported(tmp_path):
+    code = ("import sys; from omegaconf import OmegaConf; from sweeps.data import datasets; "
+            f"cfg = OmegaConf.load({str(Path(CONF_DIR) / 'dataset' / 'digits.yaml')!r}); cfg.root = {str(tmp_path)!r}; "
+            "s = datasets.load_splits(cfg); print(len(s.train.labels) + len(s.val.labels), len(s.test.labels), "
+            "'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1438", "359", "False"]
