@@ -149,3 +149,32 @@ def test_hydra_overrides_and_sweeps_take_hydras_whole_path(train_app):
     with pytest.raises(ConfigCompositionException):
         once.load_sweep_config(master, ["optim.lr=1,2"])
     assert len(counting.composed) == 3, counting.composed
+
+
+def _tree(tmp_path, text):
+    (tmp_path / "config.yaml").write_text(text)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(tmp_path)))
+    return loader, loader.load_configuration("config", [], RunMode.MULTIRUN)
+
+
+def test_a_config_copying_environment_variables_reads_them_afresh_each_trial(tmp_path, monkeypatch):
+    """Hydra fills hydra.job.env_set on every composition: a worker's CUDA_VISIBLE_DEVICES, set after
+    the first configs were made, must reach the next ones."""
+    loader, master = _tree(tmp_path, "x: 1\ncopy_list: []\nhydra:\n  job:\n    env_copy: ${copy_list}\n")
+    once = ComposeOnce(loader)
+    monkeypatch.setenv("SWEEPS_TEST_VAR", "1")
+    for overrides in (["x=2"], ["copy_list=[SWEEPS_TEST_VAR]"], ["x=3", "copy_list=[SWEEPS_TEST_VAR]"]):
+        _same(once.load_sweep_config(master, overrides), loader.load_sweep_config(master, overrides))
+    monkeypatch.setenv("SWEEPS_TEST_VAR", "2")
+    cfg = once.load_sweep_config(master, ["x=4", "copy_list=[SWEEPS_TEST_VAR]"])
+    assert cfg.hydra.job.env_set.SWEEPS_TEST_VAR == "2"
+    _same(cfg, loader.load_sweep_config(master, ["x=4", "copy_list=[SWEEPS_TEST_VAR]"]))
+
+
+@pytest.mark.parametrize("override", ["++hydra={runtime: {version: v}}", "hydra={job: {config_name: zz}}",
+                                      "++hydra={overrides: {task: [zz]}}"])
+def test_a_bare_hydra_key_takes_hydras_whole_path(tmp_path, override):
+    loader, master = _tree(tmp_path, "x: 1\n")
+    once = ComposeOnce(loader)
+    for overrides in (["x=2"], ["x=3", override]):
+        _same(once.load_sweep_config(master, overrides), loader.load_sweep_config(master, overrides))

@@ -20,8 +20,12 @@ Once per choice of config groups
     set), copied, with the value overrides then applied by Hydra's own code and
     the ``hydra.overrides`` / ``override_dirname`` fields set as Hydra sets
     them. The result equals Hydra's own composition (``tests/test_compose_once.py``
-    compares them). An override of ``hydra.*``, a sweep, or a Hydra without the
-    internals this reads takes Hydra's full path.
+    compares them). An override of ``hydra``, a sweep, a config that copies
+    environment variables (``hydra.job.env_copy``, read afresh each time), or a
+    Hydra without the internals this reads takes Hydra's full path. The config
+    files are read when a set of group choices is first composed: a YAML file
+    edited while the sweep runs reaches its later trials only through a group
+    choice not composed before (the sweep's trials stay one experiment).
 """
 
 from __future__ import annotations
@@ -71,11 +75,14 @@ class ComposeOnce:
         key = (id(master), tuple(o.input_line for o in groups))
         held = self._templates.get(key)
         if held is None or held[0] is not master:
-            held = (master, self._loader.load_sweep_config(master, [o.input_line for o in groups]))
+            template = self._loader.load_sweep_config(master, [o.input_line for o in groups])
+            held = (master, template if _copyable(template) else None)
             self._templates[key] = held
             while len(self._templates) > KEEP_TEMPLATES:
                 self._templates.popitem(last=False)
         self._templates.move_to_end(key)
+        if held[1] is None:  # not copyable: Hydra's whole path, every time
+            return self._loader.load_sweep_config(master, overrides)
         return _from_template(held[1], master, values, task)
 
     def _split(self, master: DictConfig, overrides: List[str]) -> Optional[Tuple[List[Any], List[Any], List[Any]]]:
@@ -92,8 +99,8 @@ class ComposeOnce:
             return None
         groups, values = [], []
         for o in parsed:
-            if o.is_hydra_override() or o.is_sweep_override() or o.package is not None:
-                return None
+            if o.key_or_group.split(".")[0].split("/")[0] == "hydra" or o.is_sweep_override() or o.package is not None:
+                return None  # hydra.*, and also a bare hydra={...}, which is_hydra_override() lets through
             (values if isinstance(o.value(), dict) or not is_group(o.key_or_group) else groups).append(o)
         return groups, values, parsed
 
@@ -128,6 +135,14 @@ class ComposeOnce:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+
+
+def _copyable(template: DictConfig) -> bool:
+    """Hydra fills ``hydra.job.env_set`` from the environment on every composition (``env_copy``), so a
+    config that copies variables is composed the whole way each time: the environment may have changed
+    since (a worker's ``CUDA_VISIBLE_DEVICES``), and a value override may change the list itself."""
+    job = template.hydra.job
+    return not OmegaConf.is_interpolation(job, "env_copy") and len(job.env_copy) == 0
 
 
 def _from_template(template: DictConfig, master: DictConfig, values: List[Any], task: List[Any]) -> DictConfig:
