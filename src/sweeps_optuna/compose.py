@@ -48,7 +48,9 @@ class ComposeOnce:
     def __init__(self, loader: Any) -> None:
         self._loader = loader
         self._kept: Optional[Tuple[DictConfig, List[str], DictConfig]] = None
-        self._templates: "OrderedDict[Tuple[int, Tuple[str, ...]], Tuple[DictConfig, DictConfig]]" = OrderedDict()
+        # (id of master, group overrides) -> (master, template; None: compose those the whole way)
+        self._templates: "OrderedDict[Tuple[int, Tuple[str, ...]], Tuple[DictConfig, Optional[DictConfig]]]" = \
+            OrderedDict()
         self._groups: Optional[Tuple[DictConfig, Any, Dict[str, bool]]] = None  # master, repo, key -> is a group
         self._parser: Any = None
 
@@ -95,7 +97,11 @@ class ComposeOnce:
                 self._parser = OverridesParser.create()
             parsed = self._parser.parse_overrides(overrides=overrides)
             is_group = self._group_test(master)
+            from hydra._internal import config_loader_impl as hydra_loader
         except Exception:  # noqa: BLE001 - any doubt: Hydra's own path, and its own error
+            return None
+        if not (hasattr(hydra_loader, "get_overrides_dirname")  # what _from_template calls
+                and hasattr(hydra_loader.ConfigLoaderImpl, "_apply_overrides_to_config")):
             return None
         groups, values = [], []
         for o in parsed:
