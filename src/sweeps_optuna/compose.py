@@ -36,7 +36,17 @@ import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+try:  # what a copy is finished with: Hydra's own code for the end of a composition
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl as _HydraLoader
+
+    _apply_overrides = _HydraLoader._apply_overrides_to_config
+except (ImportError, AttributeError):  # pragma: no cover - a Hydra without them: every config composed
+    get_overrides_dirname = _apply_overrides = None
 
 KEEP_TEMPLATES = 32  # distinct sets of group choices kept (a table sweep has one per row)
 
@@ -90,6 +100,8 @@ class ComposeOnce:
     def _split(self, master: DictConfig, overrides: List[str]) -> Optional[Tuple[List[Any], List[Any], List[Any]]]:
         """(group overrides, value overrides, all of them parsed), Hydra's way (``defaults_list.Overrides``:
         a dict value, or a key that is no config group, is a value); None: compose the whole way."""
+        if _apply_overrides is None:
+            return None
         try:
             if self._parser is None:
                 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -97,11 +109,7 @@ class ComposeOnce:
                 self._parser = OverridesParser.create()
             parsed = self._parser.parse_overrides(overrides=overrides)
             is_group = self._group_test(master)
-            from hydra._internal import config_loader_impl as hydra_loader
         except Exception:  # noqa: BLE001 - any doubt: Hydra's own path, and its own error
-            return None
-        if not (hasattr(hydra_loader, "get_overrides_dirname")  # what _from_template calls
-                and hasattr(hydra_loader.ConfigLoaderImpl, "_apply_overrides_to_config")):
             return None
         groups, values = [], []
         for o in parsed:
@@ -154,13 +162,9 @@ def _copyable(template: DictConfig) -> bool:
 def _from_template(template: DictConfig, master: DictConfig, values: List[Any], task: List[Any]) -> DictConfig:
     """The end of Hydra's ``_load_configuration_impl`` and ``load_sweep_config`` on a copy of the template:
     the value overrides applied, then the fields that list the overrides."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-    from hydra.errors import ConfigCompositionException
-    from omegaconf.errors import OmegaConfBaseException
-
     cfg = copy.deepcopy(template)
     try:
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        _apply_overrides(values, cfg)
         cfg.hydra.overrides.task = [o.input_line for o in task]
         dirname = cfg.hydra.job.config.override_dirname
         cfg.hydra.job.override_dirname = get_overrides_dirname(
